@@ -1,0 +1,316 @@
+"""The plugin-author API: everything a device plugin implements or uses (DESIGN §4).
+
+A plugin imports nothing from core but this module. It supplies :class:`Device` objects; the
+core engine (placement, scheduling, memory planning, bookkeeping) drives them. The plugin's
+light descriptor is an :class:`EnginePlugin`, registered through the ``mlplug.backends`` entry
+point group::
+
+    # mlplug_myplugin/plugin.py  (imports nothing heavy)
+    from mlplug.device import EnginePlugin, hookimpl
+
+    PLUGIN = EnginePlugin(name="mydev", priority=10, probe=_probe, load=_load,
+                          install_hint='pip install "mlplug-mydev"')
+
+    @hookimpl
+    def mlplug_register_backends(registry):
+        PLUGIN.register(registry)
+
+``load(params)`` imports the heavy library and returns the devices: exactly one of kind
+``"cpu"`` (the host device, first) and zero or more of kind ``"gpu"``.
+
+**Execution.** The engine hands a device a list of :class:`Node` records in graph order; each
+node names an op of :data:`mlplug.ops.OPS`, its output :class:`TensorRef` and its operand refs.
+A ref is a byte-strided window (ggml layout: ``ne``/``nb`` in dim-0-fastest order) into one of
+the device's own buffers. Kernels must read operands through their strides (they may be views)
+and write the output through its strides (``copy`` writes into a strided view of its
+destination). View ops (``reshape``, ``view``, ``permute``) never reach a device.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import pluggy
+
+from mlplug.dtype import ANY, CACHE, CREATE, FLOAT, INT, WEIGHT, DType
+from mlplug.ops import OPS, Meta, OpDef, contiguous_strides, is_contiguous
+from mlplug.params import BackendParams, CacheConfig
+
+if TYPE_CHECKING:
+    from mlplug.backend import Backend
+    from mlplug.registry import Registry
+
+__all__ = [
+    "ANY",
+    "CACHE",
+    "CREATE",
+    "FLOAT",
+    "INT",
+    "OPS",
+    "WEIGHT",
+    "API_VERSION",
+    "BackendParams",
+    "Buffer",
+    "CacheConfig",
+    "DType",
+    "Device",
+    "DeviceOutOfMemory",
+    "EnginePlugin",
+    "Meta",
+    "Node",
+    "OpDef",
+    "SupportsCacheConfig",
+    "SupportsWeightUpload",
+    "TensorRef",
+    "contiguous_strides",
+    "hookimpl",
+    "is_contiguous",
+    "make_backend",
+    "parse_size",
+]
+
+API_VERSION = 1
+"""Version of this API; a plugin built for another major version is refused."""
+
+hookimpl = pluggy.HookimplMarker("mlplug")
+"""Marker for a plugin's hook implementations (``@hookimpl def mlplug_register_backends``)."""
+
+
+class DeviceOutOfMemory(MemoryError):  # noqa: N818 - mirrors the builtin it specialises
+    """Raised by :meth:`Device.alloc` when the allocation does not fit (cap or hardware).
+
+    Attributes:
+        requested: Bytes asked for.
+        free: Bytes the device had free (under its cap) at the request.
+    """
+
+    def __init__(self, device: str, requested: int, free: int) -> None:
+        super().__init__(f"[{device}] cannot allocate {requested} bytes ({free} bytes free)")
+        self.requested = requested
+        self.free = free
+
+
+@runtime_checkable
+class Buffer(Protocol):
+    """A block of device memory returned by :meth:`Device.alloc`."""
+
+    nbytes: int
+    """Size in bytes (at least what was asked for)."""
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Copy host bytes into the buffer at ``offset``."""
+        ...
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Return ``n`` bytes of the buffer starting at ``offset`` (synchronising first)."""
+        ...
+
+    def free(self) -> None:
+        """Release the memory; the buffer is unusable afterwards. Idempotent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRef:
+    """A strided window into a buffer: what a kernel reads or writes.
+
+    Attributes:
+        buffer: The device buffer (``None`` only in the nodes given to ``unsupported``).
+        offset: Byte offset of element (0, 0, 0, 0) in the buffer.
+        ne: Four extents, dim 0 fastest.
+        nb: Four byte strides; for block dtypes ``nb[0]`` steps one block.
+        dtype: Element type.
+    """
+
+    buffer: Buffer | None
+    offset: int
+    ne: tuple[int, int, int, int]
+    nb: tuple[int, int, int, int]
+    dtype: DType
+
+    @property
+    def n(self) -> int:
+        """Element count."""
+        return self.ne[0] * self.ne[1] * self.ne[2] * self.ne[3]
+
+    @property
+    def nbytes(self) -> int:
+        """Packed size of the elements."""
+        return self.dtype.nbytes(self.n)
+
+    @property
+    def contiguous(self) -> bool:
+        """Whether the window is packed (dims of extent 1 ignored)."""
+        return is_contiguous(self.ne, self.nb, self.dtype)
+
+    def span(self) -> tuple[int, int]:
+        """Return the byte range ``[start, stop)`` of the buffer the window touches."""
+        if self.n == 0:
+            return (self.offset, self.offset)
+        blocks0 = self.ne[0] // self.dtype.block_size
+        last = (blocks0 - 1) * self.nb[0] + sum((self.ne[i] - 1) * self.nb[i] for i in (1, 2, 3))
+        return (self.offset, self.offset + last + self.dtype.type_size)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One op to execute.
+
+    Attributes:
+        op: Name in :data:`mlplug.ops.OPS`.
+        out: Where the result goes. For ``copy`` it is the (strided) destination window.
+        srcs: Operand windows in the order of the op's ``operands`` (``None`` for an absent
+            optional operand such as a norm's weight or attention's mask). For ``copy`` the
+            second operand is the destination itself.
+        params: The normalised parameters the ops table recorded (e.g. ``{"eps": 1e-5}``).
+    """
+
+    op: str
+    out: TensorRef
+    srcs: tuple[TensorRef | None, ...]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Device(Protocol):
+    """A compute device as the engine sees it. Every member is required unless marked."""
+
+    name: str
+    """Display name and memory-report key (``CPU``, ``CUDA0``, ``Metal``, ``SIM0``…)."""
+    id: str
+    """Stable identifier (a UUID for CUDA; may be empty)."""
+    kind: str
+    """``"cpu"`` for the host device, ``"gpu"`` for every other device."""
+    alignment: int
+    """Byte alignment of allocations; accounted sizes are rounded up to it."""
+
+    def total_memory(self) -> int:
+        """Return the device's total memory in bytes (its cap when one is set)."""
+        ...
+
+    def free_memory(self) -> int:
+        """Return the bytes still free (under the cap when one is set)."""
+        ...
+
+    def alloc(self, nbytes: int) -> Buffer:
+        """Allocate ``nbytes``; raise :class:`DeviceOutOfMemory` when they do not fit."""
+        ...
+
+    def unsupported(self, node: Node) -> str | None:
+        """Return ``None`` if the device can execute ``node``, else the reason it cannot.
+
+        Called at scheduling time with refs whose ``buffer`` is ``None``; a node the device
+        refuses runs on the CPU device, with the copies inserted by the engine.
+        """
+        ...
+
+    def execute(self, nodes: Sequence[Node]) -> None:
+        """Execute nodes in order; may return before they finish (see ``synchronize``)."""
+        ...
+
+    def synchronize(self) -> None:
+        """Wait until everything submitted has finished."""
+        ...
+
+    def close(self) -> None:
+        """Release everything the device holds (its buffers are freed by the engine first)."""
+        ...
+
+
+@runtime_checkable
+class SupportsWeightUpload(Protocol):
+    """Optional: a device that repacks weights at load (defaults to ``Buffer.write``)."""
+
+    def upload_weight(self, ref: TensorRef, data: memoryview) -> None:
+        """Store a weight's file bytes (GGUF layout, packed) into ``ref``'s buffer."""
+        ...
+
+    def weight_nbytes(self, dtype: DType, ne: tuple[int, int, int, int]) -> int:
+        """Return the bytes the device really holds for a weight of this type and shape."""
+        ...
+
+
+@runtime_checkable
+class SupportsCacheConfig(Protocol):
+    """Optional: a device that overrides the engine's default ``CacheConfig`` (§8.1)."""
+
+    def cache_config(self, flash_attention: bool) -> CacheConfig:
+        """Return the cache layout this device's attention expects."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EnginePlugin:
+    """A plugin descriptor: light to import; ``load`` imports the heavy library.
+
+    Attributes:
+        name: Backend name (``[a-z][a-z0-9_]*``).
+        load: ``load(params) -> list[Device]``; the CPU device first.
+        priority: Selection priority (first-party: cuda 100, metal 90, cpu 0).
+        probe: ``probe() -> (ok, reason)``; must be cheap and must not raise.
+        install_hint: What to install when unavailable (``pip install "mlplug[cuda]"``).
+        api_version: The device API version the plugin was written for.
+    """
+
+    name: str
+    load: Callable[[BackendParams], Sequence[Device]]
+    priority: int = 0
+    probe: Callable[[], tuple[bool, str]] | None = None
+    install_hint: str | None = None
+    api_version: int = API_VERSION
+
+    def factory(self, model_path: str | None, params: BackendParams) -> Backend:
+        """Build a backend of the core engine on this plugin's devices."""
+        return make_backend(model_path, params, self.load, backend_name=self.name)
+
+    def register(self, registry: Registry) -> None:
+        """Register this plugin's backend with ``registry`` (call from the hook)."""
+        if self.api_version != API_VERSION:
+            raise RuntimeError(
+                f"[{self.name}] plugin targets device API {self.api_version}, "
+                f"core provides {API_VERSION}"
+            )
+        registry.register_backend(
+            self.name, self.factory, priority=self.priority, probe=self.probe,
+            install_hint=self.install_hint,
+        )
+
+
+def make_backend(
+    model_path: str | None,
+    params: BackendParams,
+    load: Callable[[BackendParams], Sequence[Device]],
+    *,
+    backend_name: str = "",
+) -> Backend:
+    """Build a core-engine backend over the devices ``load(params)`` returns."""
+    from mlplug.engine import GraphBackend
+
+    return GraphBackend(model_path, params, load(params), name=backend_name)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Parse a memory size such as ``512MiB``, ``1.5G``, ``4096`` into bytes.
+
+    Decimal units (``K``, ``M``, ``G``, ``T``, with or without ``B``) are powers of 1000;
+    binary units (``KiB``, ``MiB``…) powers of 1024.
+
+    Raises:
+        ValueError: The text is not a size.
+    """
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a memory size: {text!r} (expected e.g. 512MiB, 2G, 1048576)")
+    number, unit = match.group(1), (match.group(2) or "").lower()
+    unit = unit[:-1] if unit.endswith("b") and unit != "b" else unit
+    if unit not in _UNITS:
+        raise ValueError(f"not a memory size: {text!r} (unknown unit)")
+    return int(float(number) * _UNITS[unit])

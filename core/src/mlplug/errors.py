@@ -1,0 +1,98 @@
+"""The mlplug error hierarchy (SEMANTICS §12).
+
+Every error derives from :class:`MlplugError` and also from the builtin exception a caller
+would naturally catch (``ShapeError`` is a ``ValueError``, ``ErrNoMem`` a ``MemoryError``…).
+Messages start with the op or component that raised them, e.g. ``"mulmat: a.ne0 (4) != b.ne0 (3)"``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlplug.memory import BackendMemory
+
+__all__ = [
+    "BackendNotFoundError",
+    "BackendUnavailableError",
+    "CacheFullError",
+    "ConcurrentUseError",
+    "ContextError",
+    "DTypeError",
+    "DuplicateBackendError",
+    "ErrNoMem",
+    "GGUFError",
+    "LoadCancelledError",
+    "MlplugError",
+    "NotComputedError",
+    "ShapeError",
+    "UnsupportedOpError",
+]
+
+
+class MlplugError(Exception):
+    """Base class of every error mlplug raises on purpose."""
+
+
+class ShapeError(MlplugError, ValueError):
+    """Extents, strides, offsets, dims or element counts violate an op's rule."""
+
+
+class DTypeError(MlplugError, TypeError):
+    """An operand dtype outside what an op accepts, or a non-creatable dtype."""
+
+
+class NotComputedError(MlplugError, RuntimeError):
+    """Reading a tensor that is not readable, or computing with unloaded weights."""
+
+
+class ContextError(MlplugError, RuntimeError):
+    """A closed context or backend, a root-context creation, or capacity exceeded."""
+
+
+class ConcurrentUseError(ContextError):
+    """Two threads entered compute/reserve/load/close on one backend at once."""
+
+
+class UnsupportedOpError(MlplugError, NotImplementedError):
+    """No device of the backend can execute a node (not even the CPU device)."""
+
+
+class ErrNoMem(MlplugError, MemoryError):  # noqa: N818 - the name is part of the contract
+    """An allocation failed; ``memory`` is the bookkeeping snapshot at the failure."""
+
+    def __init__(self, memory: BackendMemory) -> None:
+        self.memory = memory
+        super().__init__(f"insufficient memory - required allocations: {memory}")
+
+    def __reduce__(self) -> tuple[type[ErrNoMem], tuple[BackendMemory]]:
+        return (type(self), (self.memory,))
+
+
+class BackendNotFoundError(MlplugError, LookupError):
+    """An unknown backend name, or no backend available at all."""
+
+
+class BackendUnavailableError(BackendNotFoundError):
+    """A registered backend that cannot run here; carries the probe's reason and pip extra."""
+
+    def __init__(self, message: str, *, reason: str = "", install_hint: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.install_hint = install_hint
+
+
+class DuplicateBackendError(MlplugError, ValueError):
+    """A backend name registered with two different factories."""
+
+
+class GGUFError(MlplugError, ValueError):
+    """A malformed, truncated or unsupported model file."""
+
+
+class LoadCancelledError(MlplugError):
+    """``Backend.load`` was cancelled."""
+
+
+class CacheFullError(MlplugError):
+    """No room for a batch in the KV cache, even after defragmentation."""
