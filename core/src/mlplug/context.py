@@ -1,0 +1,258 @@
+"""``Context``: where tensors are created and graphs are built and run (SEMANTICS §2, §4).
+
+A root context (``backend.new_context()``) and every ``input()``/``layer(i)`` context derived from
+it form one *family*: one graph, one node capacity, one set of buffers, closed together.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from mlplug.dtype import CREATE, DType
+from mlplug.errors import ContextError, DTypeError, ShapeError
+from mlplug.ops import INT32_MAX, INT32_MIN, OPS, Meta, normalize
+from mlplug.tensor import Storage, Tensor
+
+if TYPE_CHECKING:
+    from mlplug.engine.graph_backend import GraphBackend
+
+__all__ = ["Context", "Family"]
+
+
+class Family:
+    """The state shared by a root context and its derived contexts."""
+
+    __slots__ = ("__weakref__", "backend", "buffers", "capacity", "closed", "graph", "in_graph",
+                 "results")
+
+    def __init__(self, backend: GraphBackend, capacity: int) -> None:
+        self.backend = backend
+        self.capacity = capacity
+        self.graph: list[Tensor] = []
+        self.in_graph: set[int] = set()
+        self.buffers: list[tuple[Storage, int | None, int]] = []  # storage, layer, accounted
+        self.results: list[Tensor] = []
+        self.closed = False
+
+    def check_open(self, what: str) -> None:
+        """Raise ``ContextError`` if the family (or its backend) is closed."""
+        if self.closed:
+            raise ContextError(f"{what}: the context has been closed")
+        if self.backend.closed:
+            raise ContextError(f"{what}: the backend has been closed")
+
+
+class Context:
+    """A member of a context family: the root, an ``input()`` or a ``layer(i)`` context."""
+
+    __slots__ = ("_family", "_layer", "_role")
+
+    def __init__(self, family: Family, role: str = "root", layer: int | None = None) -> None:
+        self._family = family
+        self._role = role
+        self._layer = layer
+
+    # -- family members ---------------------------------------------------------------------
+
+    def input(self) -> Context:
+        """Return a context whose buffers live on the CPU and are not accounted."""
+        self._family.check_open("input")
+        return Context(self._family, "input")
+
+    def layer(self, i: int) -> Context:
+        """Return a context whose buffers live on layer ``i``'s device, counted as its cache."""
+        self._family.check_open("layer")
+        blocks = self._family.backend.blocks
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= blocks:
+            raise IndexError(f"layer: index must be in 0..{blocks}, got {i!r}")
+        return Context(self._family, "layer", i)
+
+    def max_graph_nodes(self) -> int:
+        """Return the node capacity given at creation."""
+        return self._family.capacity
+
+    def close(self) -> None:
+        """Free every buffer and retained result of the family. Idempotent."""
+        self._family.backend._close_family(self._family)
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- creation (§4.2, §4.3) --------------------------------------------------------------
+
+    def _new_buffer(self, what: str, dtype: object, shape: Sequence[object]) -> Tensor:
+        self._family.check_open(what)
+        if self._role == "root":
+            raise ContextError(
+                f"{what}: the root context has no device (use ctx.input() or ctx.layer(i))"
+            )
+        if not isinstance(dtype, DType) or dtype not in CREATE:
+            name = dtype.name if isinstance(dtype, DType) else repr(dtype)
+            raise DTypeError(
+                f"{what}: dtype {name} cannot be created (expected F32, F16, BF16, I32, Q8_0 "
+                "or Q4_0)"
+            )
+        if not 1 <= len(shape) <= 4:
+            raise ShapeError(f"{what}: shape must have 1 to 4 extents, got {len(shape)}")
+        extents = []
+        for i, v in enumerate(shape):
+            if isinstance(v, bool):
+                raise ShapeError(f"{what}: extent {i} must be an integer, got bool")
+            try:
+                extents.append(operator.index(v))  # type: ignore[arg-type]
+            except TypeError:
+                raise ShapeError(f"{what}: extent {i} must be an integer, got {v!r}") from None
+        if any(v < 0 for v in extents):
+            raise ShapeError(f"{what}: extents must be >= 0, got {extents}")
+        if dtype.is_block and extents[0] % dtype.block_size:
+            raise ShapeError(
+                f"{what}: ne0 ({extents[0]}) must be a multiple of {dtype.block_size} "
+                f"for {dtype.name}"
+            )
+        meta = Meta.fresh(dtype, normalize(extents))
+        return self._family.backend._create_buffer(self._family, self._role, self._layer, meta)
+
+    def empty(self, dtype: DType, *shape: int) -> Tensor:
+        """Create a buffer tensor whose content is unspecified until written."""
+        return self._new_buffer("empty", dtype, shape)
+
+    def zeros(self, dtype: DType, *shape: int) -> Tensor:
+        """Create a buffer tensor filled with zero bytes."""
+        t = self._new_buffer("zeros", dtype, shape)
+        self._family.backend._fill(t, None)
+        return t
+
+    def from_float_slice(self, values: Any, *shape: int) -> Tensor:
+        """Create an F32 buffer tensor holding ``values`` (dim 0 fastest, rounded to F32)."""
+        import numpy as np
+
+        self._family.check_open("from_float_slice")
+        try:
+            arr = np.asarray(values, dtype=np.float32).ravel()
+        except (TypeError, ValueError) as err:
+            raise DTypeError(f"from_float_slice: values are not numbers ({err})") from err
+        return self._filled("from_float_slice", DType.F32, arr, shape)
+
+    def from_int_slice(self, values: Any, *shape: int) -> Tensor:
+        """Create an I32 buffer tensor holding the integers ``values``."""
+        import numpy as np
+
+        self._family.check_open("from_int_slice")
+        arr = np.asarray(values)
+        if arr.size == 0:
+            arr = np.zeros(0, dtype=np.int64)
+        elif arr.dtype.kind == "O":
+            try:
+                arr = np.array([operator.index(v) for v in arr.ravel()], dtype=object)
+            except TypeError as err:
+                raise DTypeError(f"from_int_slice: values must be integers ({err})") from err
+        elif arr.dtype.kind not in "iu":
+            raise DTypeError(f"from_int_slice: values must be integers, got {arr.dtype}")
+        flat = arr.ravel()
+        if flat.size and (int(flat.min()) < INT32_MIN or int(flat.max()) > INT32_MAX):
+            raise ValueError("from_int_slice: values outside the int32 range")
+        return self._filled("from_int_slice", DType.I32, flat.astype(np.int32), shape)
+
+    def _filled(self, what: str, dtype: DType, flat: Any, shape: Sequence[int]) -> Tensor:
+        t = self._new_buffer(what, dtype, shape)
+        if flat.size != t._meta.n:
+            # Free the storage just made: a failed call must not leak memory.
+            self._family.backend._discard_buffer(self._family, t)
+            raise ShapeError(
+                f"{what}: got {flat.size} values for shape {list(shape)} ({t._meta.n} elements)"
+            )
+        self._family.backend._fill(t, flat.astype("<" + flat.dtype.str[1:]).tobytes())
+        return t
+
+    def arange(self, start: float, stop: float, step: float, dtype: DType) -> Tensor:
+        """Record ``[start, stop)`` by ``step`` as F32 or I32 (a graph op)."""
+        params = {"start": start, "stop": stop, "step": step, "dtype": dtype}
+        return self._record("arange", (), params)
+
+    # -- graph --------------------------------------------------------------------------------
+
+    def _record(self, op: str, srcs: Sequence[Tensor | None], params: dict[str, Any]) -> Tensor:
+        family = self._family
+        family.check_open(op)
+        opdef = OPS[op]
+        metas: list[Meta | None] = []
+        for i, s in enumerate(srcs):
+            if s is None:
+                role = opdef.operands[min(i, len(opdef.operands) - 1)]
+                if not role.endswith("?"):
+                    raise TypeError(f"{op}: operand {role} must be a Tensor, got None")
+                metas.append(None)
+                continue
+            if not isinstance(s, Tensor):
+                raise TypeError(f"{op}: operands must be Tensors, got {type(s).__name__}")
+            if s._family.backend is not family.backend:
+                raise ContextError(f"{op}: operand belongs to another backend")
+            if s._family.closed or family.backend.closed:
+                raise ContextError(f"{op}: operand's context has been closed")
+            metas.append(s._meta)
+        result = opdef.infer(metas, dict(params))
+        root = None
+        if opdef.kind == "view":
+            a = srcs[0]
+            assert a is not None  # noqa: S101 - receivers are never None
+            root = a._root or a
+        elif opdef.kind == "copy":
+            dst = srcs[1]
+            assert dst is not None  # noqa: S101
+            root = dst._root or dst
+        return Tensor(family, result.meta, op=op, srcs=tuple(srcs), params=dict(result.params),
+                      root=root)
+
+    def _backend_permuted_v(self) -> bool:
+        return self._family.backend.cache_config().permuted_v
+
+    def forward(self, *ts: Tensor) -> Context:
+        """Append each tensor and its missing ancestors to the family's graph; return self."""
+        family = self._family
+        family.check_open("forward")
+        new: list[Tensor] = []
+        seen = set(family.in_graph)
+        for t in ts:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"forward: expected Tensors, got {type(t).__name__}")
+            if t._family.backend is not family.backend:
+                raise ContextError("forward: tensor belongs to another backend")
+            # Iterative post-order DFS: operands (in order) before their dependents.
+            stack: list[tuple[Tensor, int]] = [(t, 0)]
+            while stack:
+                node, i = stack.pop()
+                if node._op is None or id(node) in seen:
+                    continue
+                if node._family.closed:
+                    raise ContextError("forward: a tensor's context has been closed")
+                if i < len(node._srcs):
+                    stack.append((node, i + 1))
+                    src = node._srcs[i]
+                    if src is not None and src._op is not None and id(src) not in seen:
+                        stack.append((src, 0))
+                    continue
+                seen.add(id(node))
+                new.append(node)
+        if len(family.graph) + len(new) > family.capacity:
+            raise ContextError(
+                f"forward: graph would have {len(family.graph) + len(new)} nodes, "
+                f"capacity is {family.capacity}"
+            )
+        family.graph.extend(new)
+        family.in_graph.update(id(n) for n in new)
+        return self
+
+    def compute(self, *ts: Tensor) -> None:
+        """Execute every node of the family's graph; make the listed nodes readable."""
+        self._family.check_open("compute")
+        self._family.backend._compute(self._family, ts)
+
+    def reserve(self) -> None:
+        """Plan and allocate the compute buffers the current graph needs, executing nothing."""
+        self._family.check_open("reserve")
+        self._family.backend._reserve(self._family)

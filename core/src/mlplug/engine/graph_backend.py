@@ -1,0 +1,439 @@
+"""``GraphBackend``: the core engine's ``Backend`` over a plugin's devices.
+
+It owns the devices, the model's weights (placed per SEMANTICS §6.4–6.5 and loaded by
+:mod:`mlplug.engine.weights`), the memory books, one compute arena per device, and every
+context family made from it. Graph execution goes through :func:`~.schedule.make_plan`.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from mlplug import _convert
+from mlplug.context import Context, Family
+from mlplug.device import Buffer, Device, DeviceOutOfMemory, Node, SupportsCacheConfig, TensorRef
+from mlplug.dtype import DType
+from mlplug.errors import ConcurrentUseError, ContextError, ErrNoMem, NotComputedError
+from mlplug.memory import AllocationStatus, BackendMemory
+from mlplug.ops import OPS, Meta
+from mlplug.params import BackendParams, CacheConfig
+from mlplug.placement import layer_devices, normalized_splits
+from mlplug.tensor import Storage, Tensor
+
+from .books import Books, round_up
+from .schedule import Plan, make_plan
+
+if TYPE_CHECKING:
+    from mlplug.config import Config
+
+__all__ = ["GraphBackend"]
+
+_A, _F, _U = AllocationStatus.ALLOCATED, AllocationStatus.FAILED, AllocationStatus.UNALLOCATED
+
+_FLASH = CacheConfig(cache_padding=256, permuted_v=False, mask_dtype=DType.F16,
+                     mask_batch_padding=64)
+_NO_FLASH = CacheConfig(cache_padding=32, permuted_v=True, mask_dtype=DType.OTHER,
+                        mask_batch_padding=0)
+
+
+class GraphBackend:
+    """A backend of the core engine (implements ``mlplug.Backend``)."""
+
+    def __init__(
+        self,
+        model_path: str | None,
+        params: BackendParams,
+        devices: Sequence[Device],
+        *,
+        name: str = "",
+    ) -> None:
+        if not isinstance(params, BackendParams):
+            raise TypeError(f"new_backend: params must be BackendParams, got {type(params)}")
+        devices = list(devices)
+        cpus = [d for d in devices if d.kind == "cpu"]
+        if len(cpus) != 1 or devices[0].kind != "cpu":
+            raise ValueError(f"[{name}] a plugin must return exactly one CPU device, first")
+        self.name = name
+        self.params = params
+        self.devices = devices
+        self.n_gpus = len(devices) - 1
+        if self.n_gpus == 0:
+            if params.main_gpu != 0:
+                raise ValueError(f"new_backend: main_gpu {params.main_gpu} invalid: no GPU")
+        elif not 0 <= params.main_gpu < self.n_gpus:
+            raise ValueError(
+                f"new_backend: main_gpu {params.main_gpu} invalid: {self.n_gpus} GPU(s)"
+            )
+        if params.tensor_split and len(params.tensor_split) != self.n_gpus:
+            raise ValueError(
+                f"new_backend: tensor_split has {len(params.tensor_split)} entries, "
+                f"there are {self.n_gpus} GPU(s)"
+            )
+        self.closed = False
+        self._lock = threading.Lock()
+        self._families: weakref.WeakSet[Family] = weakref.WeakSet()
+        self._arenas: list[Buffer | None] = [None] * len(devices)
+        self._arena_size = [0] * len(devices)
+        self._weights_family = Family(self, 0)
+        self._model: Any = None  # engine.weights.Model when a file is given
+        self._loaded = model_path is None
+        self.blocks = 0
+        self._config: Config | None = None
+        if model_path is not None:
+            from .weights import Model
+
+            self._model = Model.open(model_path)
+            self._config = self._model.config
+            self.blocks = self._model.blocks
+        splits = normalized_splits(
+            params.tensor_split, [d.free_memory() for d in devices[1:]]
+        ) if self.n_gpus else []
+        gpu_of_layer = layer_devices(self.blocks, params.num_gpu_layers, self.n_gpus,
+                                     params.main_gpu, splits)
+        self._layer_device = [0 if g is None else g + 1 for g in gpu_of_layer]
+        self._books = Books([d.name for d in devices], [d.id for d in devices], self.blocks)
+        self._weights: dict[str, Tensor] = {}
+        if self._model is not None:
+            try:
+                self._model.allocate(self)
+            except BaseException:
+                self._free_everything()
+                raise
+
+    # -- public Backend API ---------------------------------------------------------------------
+
+    def load(self, progress: Callable[[float], None] | None = None,
+             cancel: Any = None) -> None:
+        """Read every tensor's data from the model file into the weight storage (§6.6)."""
+        self._check_open("load")
+        with self._guard("load"):
+            if self._model is None:
+                if progress is not None:
+                    progress(1.0)
+                return
+            self._loaded = False
+            self._model.load(self, progress, cancel)
+            self._loaded = True
+
+    def backend_memory(self) -> BackendMemory:
+        """Return a snapshot of the memory bookkeeping."""
+        return self._books.snapshot()
+
+    def config(self) -> Config:
+        """Return the model file's metadata."""
+        self._check_open("config")
+        if self._config is None:
+            from mlplug.config import Config
+
+            self._config = Config.empty()
+        return self._config
+
+    def get(self, name: str) -> Tensor | None:
+        """Return the weight named ``name``, or ``None``."""
+        self._check_open("get")
+        return self._weights.get(name)
+
+    def max_graph_nodes(self) -> int:
+        """Return the capacity ``new_context()`` gives."""
+        n_tensors = len(self._model.tensors) if self._model is not None else 0
+        return max(8192, 5 * n_tensors)
+
+    def new_context(self) -> Context:
+        """Return a new root context with the default capacity."""
+        return self.new_context_size(self.max_graph_nodes())
+
+    def new_context_size(self, n: int) -> Context:
+        """Return a new root context of capacity ``n`` (1 ≤ n ≤ max_graph_nodes)."""
+        self._check_open("new_context_size")
+        limit = self.max_graph_nodes()
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+            raise ValueError(f"new_context_size: n must be in 1..{limit}, got {n!r}")
+        family = Family(self, n)
+        self._families.add(family)
+        return Context(family)
+
+    def cache_config(self) -> CacheConfig:
+        """Return the KV-cache layout this backend's attention expects (§8.1)."""
+        self._check_open("cache_config")
+        device = self.devices[self._layer_device[self.blocks]]
+        if isinstance(device, SupportsCacheConfig):
+            return device.cache_config(self.params.flash_attention)
+        return _FLASH if self.params.flash_attention else _NO_FLASH
+
+    def close(self) -> None:
+        """Close every context and free all memory. Idempotent."""
+        if self.closed:
+            return
+        with self._guard("close"):
+            self._free_everything()
+
+    def __enter__(self) -> GraphBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        names = ", ".join(d.name for d in self.devices)
+        return f"<GraphBackend {self.name!r} devices=[{names}] blocks={self.blocks}>"
+
+    # -- internals used by Context/Tensor -----------------------------------------------------
+
+    def _check_open(self, what: str) -> None:
+        if self.closed:
+            raise ContextError(f"{what}: the backend has been closed")
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        if not self._lock.acquire(blocking=False):
+            raise ConcurrentUseError(
+                f"{what}: another compute/reserve/load/close is running on this backend"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _free_everything(self) -> None:
+        for family in list(self._families):
+            self._close_family(family)
+        if self._model is not None:
+            self._model.free(self)
+        for i, arena in enumerate(self._arenas):
+            if arena is not None:
+                arena.free()
+            self._arenas[i] = None
+            self._arena_size[i] = 0
+        for device in self.devices:
+            device.close()
+        self.closed = True
+        self._weights_family.closed = True
+
+    def is_weight(self, t: Tensor) -> bool:
+        """Whether a buffer tensor is a model weight."""
+        return t._family is self._weights_family
+
+    def _alloc(self, device: int, nbytes: int) -> Buffer:
+        return self.devices[device].alloc(nbytes)
+
+    def _create_buffer(self, family: Family, role: str, layer: int | None, meta: Meta) -> Tensor:
+        device = 0 if role == "input" else self._layer_device[layer or 0]
+        counted = layer if role == "layer" else None
+        nbytes = meta.storage
+        accounted = round_up(nbytes, self.devices[device].alignment) if nbytes else 0
+        buffer = None
+        if nbytes:
+            try:
+                buffer = self._alloc(device, nbytes)
+            except DeviceOutOfMemory as err:
+                if counted is not None:
+                    self._books.add_cache(device, counted, accounted, _F)
+                raise ErrNoMem(self._books.snapshot()) from err
+        if counted is not None and accounted:
+            self._books.add_cache(device, counted, accounted, _A)
+        storage = Storage(device, buffer, 0, nbytes)
+        family.buffers.append((storage, counted, accounted))
+        return Tensor(family, meta, storage=storage)
+
+    def _fill(self, t: Tensor, data: bytes | None) -> None:
+        storage = t._storage
+        if storage is None or storage.buffer is None or not storage.nbytes:
+            return
+        storage.buffer.write(storage.offset, data if data is not None else bytes(storage.nbytes))
+
+    def _close_family(self, family: Family) -> None:
+        if family.closed:
+            return
+        family.closed = True
+        for storage, layer, accounted in family.buffers:
+            if storage.buffer is not None:
+                storage.buffer.free()
+                storage.buffer = None
+            if layer is not None and accounted:
+                self._books.release_cache(storage.device, layer, accounted)
+        family.buffers.clear()
+        for t in family.results:
+            t._result = None
+        family.results.clear()
+        family.graph.clear()
+        family.in_graph.clear()
+
+    def _read_bytes(self, t: Tensor) -> bytes:
+        if t._family.closed or self.closed:
+            raise ContextError("bytes: the tensor's context (or backend) has been closed")
+        meta = t._meta
+        if meta.n == 0:
+            return b""
+        root = t._root or t
+        if t._op is None:
+            if self.is_weight(t) and not self._loaded:
+                raise NotComputedError(f"bytes: weight {t.name!r} is not loaded (call load())")
+            return self._read_window(root, meta)
+        if t._readable and root._op is None:
+            return self._read_window(root, meta)
+        if t._result is not None:
+            return t._result
+        raise NotComputedError(
+            f"bytes: {t._op} result is not readable (list it in compute() after forward())"
+        )
+
+    def _read_window(self, root: Tensor, meta: Meta) -> bytes:
+        storage = root._storage
+        assert storage is not None and storage.buffer is not None  # noqa: S101
+        self.devices[storage.device].synchronize()
+        ref = TensorRef(None, meta.offset, meta.ne, meta.nb, meta.dtype)
+        start, stop = ref.span()
+        data = storage.buffer.read(storage.offset + start, stop - start)
+        return _convert.gather(data, meta.offset - start, meta.ne, meta.nb, meta.dtype)
+
+    # -- compute and reserve --------------------------------------------------------------------
+
+    def _storage_device(self, t: Tensor) -> int:
+        assert t._storage is not None  # noqa: S101
+        return t._storage.device
+
+    def _plan(self, family: Family, outputs: Sequence[Tensor]) -> Plan:
+        main = self.params.main_gpu + 1 if self.n_gpus else 0
+        return make_plan(family.graph, outputs, self.devices, main, self.is_weight,
+                         self._storage_device)
+
+    def _reserve(self, family: Family) -> None:
+        with self._guard("reserve"):
+            consumed = {id(s) for n in family.graph for s in n._srcs if s is not None}
+            leaves = [n for n in family.graph if id(n) not in consumed]
+            plan = self._plan(family, leaves)
+            self._ensure_arenas(plan.arena)
+
+    def _ensure_arenas(self, needed: dict[int, int]) -> None:
+        order = [*range(1, len(self.devices)), 0]
+        for k, device in enumerate(order):
+            size = round_up(needed.get(device, 0), self.devices[device].alignment)
+            if size <= self._arena_size[device]:
+                if size and self._books.graph[device][0] < self._arena_size[device]:
+                    self._books.set_graph(device, self._arena_size[device], _A)
+                continue
+            old = self._arenas[device]
+            if old is not None:
+                old.free()
+                self._arenas[device] = None
+                self._arena_size[device] = 0
+            try:
+                self._arenas[device] = self._alloc(device, size)
+            except DeviceOutOfMemory as err:
+                self._books.set_graph(device, size, _F)
+                for later in order[k + 1:]:
+                    planned = round_up(needed.get(later, 0), self.devices[later].alignment)
+                    if planned > self._arena_size[later]:
+                        self._books.set_graph(later, planned, _U)
+                raise ErrNoMem(self._books.snapshot()) from err
+            self._arena_size[device] = size
+            self._books.set_graph(device, size, _A)
+
+    def _compute(self, family: Family, listed: Sequence[Tensor]) -> None:
+        for t in listed:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"compute: expected Tensors, got {type(t).__name__}")
+        with self._guard("compute"):
+            if not family.graph:
+                return
+            outputs = [t for t in listed if id(t) in family.in_graph and t._meta.n]
+            plan = self._plan(family, outputs)
+            if plan.reads_weights and not self._loaded:
+                raise NotComputedError("compute: the graph reads weights before load() returned")
+            self._ensure_arenas(plan.arena)
+            self._execute(plan)
+            for device in self.devices:
+                device.synchronize()
+            for t in outputs:
+                root = t._root or t
+                if root._op is None:
+                    t._readable = True
+                    continue
+                ref = self._ref(plan, t, t._meta)
+                assert ref.buffer is not None  # noqa: S101
+                start, stop = ref.span()
+                data = ref.buffer.read(start, stop - start)
+                t._result = _convert.gather(data, ref.offset - start, ref.ne, ref.nb, ref.dtype)
+                t._readable = True
+                family.results.append(t)
+
+    def _base(self, plan: Plan, root: Tensor) -> tuple[Buffer, int]:
+        if root._op is None:
+            storage = root._storage
+            assert storage is not None and storage.buffer is not None  # noqa: S101
+            return storage.buffer, storage.offset
+        slot = plan.slots[id(root)]
+        arena = self._arenas[slot.device]
+        assert arena is not None  # noqa: S101
+        return arena, slot.offset
+
+    def _ref(self, plan: Plan, t: Tensor, meta: Meta,
+             moved: dict[tuple[int, int, int], tuple[Buffer, int]] | None = None) -> TensorRef:
+        if meta.n == 0:
+            arena = next(a for a in self._arenas if a is not None)
+            return TensorRef(arena, 0, meta.ne, meta.nb, meta.dtype)
+        root = t._root or t
+        if moved is not None:
+            # The operand lives on another device: it was transferred (its exact span).
+            start, stop = TensorRef(None, meta.offset, meta.ne, meta.nb, meta.dtype).span()
+            buffer, slot_offset = moved[(id(root), start, stop)]
+            return TensorRef(buffer, slot_offset + meta.offset - start, meta.ne, meta.nb,
+                             meta.dtype)
+        buffer, base = self._base(plan, root)
+        return TensorRef(buffer, base + meta.offset, meta.ne, meta.nb, meta.dtype)
+
+    def _execute(self, plan: Plan) -> None:
+        batch: list[Node] = []
+        batch_device = -1
+        # Per executing device: (root id, span start, span stop) -> (arena, slot offset).
+        moved: dict[int, dict[tuple[int, int, int], tuple[Buffer, int]]] = {}
+
+        def flush() -> None:
+            nonlocal batch
+            if batch:
+                self.devices[batch_device].execute(batch)
+                batch = []
+
+        for step in plan.steps:
+            if step.transfer_root is not None:
+                flush()
+                root = step.transfer_root
+                src_buffer, src_base = self._base(plan, root)
+                src_device = root._storage.device if root._op is None else plan.location[id(root)]
+                self.devices[src_device].synchronize()
+                start, stop = step.span
+                data = src_buffer.read(src_base + start, stop - start)
+                arena = self._arenas[step.device]
+                assert arena is not None and step.slot is not None  # noqa: S101
+                arena.write(step.slot.offset, data)
+                key = (id(root), start, stop)
+                moved.setdefault(step.device, {})[key] = (arena, step.slot.offset)
+                continue
+            node = step.node
+            assert node is not None  # noqa: S101
+            if step.device != batch_device:
+                flush()
+                batch_device = step.device
+            here = moved.get(step.device)
+            srcs = tuple(
+                None if s is None else self._ref(plan, s, s._meta,
+                                                 here if self._loc(plan, s) != step.device
+                                                 else None)
+                for s in node._srcs
+            )
+            out = self._ref(plan, node, node._meta)
+            if OPS[node._op or ""].kind == "copy":
+                srcs = (srcs[0], out)
+            batch.append(Node(node._op or "", out, srcs, node._params))
+        flush()
+
+    def _loc(self, plan: Plan, t: Tensor) -> int:
+        root = t._root or t
+        if root._op is None:
+            assert root._storage is not None  # noqa: S101
+            return root._storage.device
+        return plan.location[id(root)]
