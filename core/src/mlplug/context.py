@@ -86,6 +86,10 @@ class Context:
     # -- creation (§4.2, §4.3) --------------------------------------------------------------
 
     def _new_buffer(self, what: str, dtype: object, shape: Sequence[object]) -> Tensor:
+        meta = self._buffer_meta(what, dtype, shape)
+        return self._family.backend._create_buffer(self._family, self._role, self._layer, meta)
+
+    def _buffer_meta(self, what: str, dtype: object, shape: Sequence[object]) -> Meta:
         self._family.check_open(what)
         if self._role == "root":
             raise ContextError(
@@ -114,8 +118,7 @@ class Context:
                 f"{what}: ne0 ({extents[0]}) must be a multiple of {dtype.block_size} "
                 f"for {dtype.name}"
             )
-        meta = Meta.fresh(dtype, normalize(extents))
-        return self._family.backend._create_buffer(self._family, self._role, self._layer, meta)
+        return Meta.fresh(dtype, normalize(extents))
 
     def empty(self, dtype: DType, *shape: int) -> Tensor:
         """Create a buffer tensor whose content is unspecified until written."""
@@ -159,13 +162,12 @@ class Context:
         return self._filled("from_int_slice", DType.I32, flat.astype(np.int32), shape)
 
     def _filled(self, what: str, dtype: DType, flat: Any, shape: Sequence[int]) -> Tensor:
-        t = self._new_buffer(what, dtype, shape)
-        if flat.size != t._meta.n:
-            # Free the storage just made: a failed call must not leak memory.
-            self._family.backend._discard_buffer(self._family, t)
+        meta = self._buffer_meta(what, dtype, shape)
+        if flat.size != meta.n:
             raise ShapeError(
-                f"{what}: got {flat.size} values for shape {list(shape)} ({t._meta.n} elements)"
+                f"{what}: got {flat.size} values for shape {list(shape)} ({meta.n} elements)"
             )
+        t = self._family.backend._create_buffer(self._family, self._role, self._layer, meta)
         self._family.backend._fill(t, flat.astype("<" + flat.dtype.str[1:]).tobytes())
         return t
 
