@@ -1,0 +1,182 @@
+"""A GGUF model's weights on devices: placement, allocation and streaming load (§6.4–6.6).
+
+``Model.open`` validates the file (``mlplug.gguf``) and places every tensor (``mlplug.placement``)
+without reading tensor data. ``allocate`` gives each device one buffer holding all its weights
+(all-or-nothing, GPUs in index order then the CPU), keeping the books; ``load`` copies the bytes
+from the memory map in chunks of at most 16 MiB, reporting progress and honouring cancellation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mlplug.config import Config
+from mlplug.device import Buffer, DeviceOutOfMemory, SupportsWeightUpload, TensorRef
+from mlplug.errors import ErrNoMem, GGUFError, LoadCancelledError
+from mlplug.gguf import GGUFFile, TensorInfo
+from mlplug.memory import AllocationStatus
+from mlplug.ops import Meta
+from mlplug.placement import Placement, place_tensors
+from mlplug.tensor import Storage, Tensor
+
+from .books import round_up
+
+if TYPE_CHECKING:
+    from .graph_backend import GraphBackend
+
+__all__ = ["CHUNK", "Model"]
+
+CHUNK = 16 * 1024 * 1024
+"""Largest piece copied between two cancellation checks."""
+
+
+@dataclass(slots=True)
+class _Weight:
+    placement: Placement
+    info: TensorInfo
+    device: int
+    offset: int = 0
+    tensor: Tensor | None = None
+
+
+def _cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    is_set = getattr(cancel, "is_set", None)
+    if callable(is_set):
+        return bool(is_set())
+    return bool(cancel())
+
+
+class Model:
+    """The weights of one GGUF file, as placed on a backend's devices."""
+
+    __slots__ = ("blocks", "buffers", "config", "file", "tensors", "weights")
+
+    def __init__(self, file: GGUFFile) -> None:
+        self.file = file
+        self.config = Config(dict(file.metadata))
+        self.blocks = self.config.uint("block_count")
+        self.tensors = file.tensors
+        self.weights: list[_Weight] = []
+        self.buffers: dict[int, Buffer] = {}
+
+    @classmethod
+    def open(cls, path: str) -> Model:
+        """Open and validate ``path`` (no tensor data is read)."""
+        return cls(GGUFFile.open(path))
+
+    def placements(self) -> list[tuple[Placement, TensorInfo]]:
+        """Return every weight to create with the file tensor it is made from."""
+        by_name = {t.name: t for t in self.tensors}
+        names = [t.name for t in self.tensors]
+        return [(p, by_name[p.source]) for p in place_tensors(names, self.blocks)]
+
+    def plan(self, layer_device: list[int], devices: list[Any]) -> dict[int, int]:
+        """Place the weights and return the bytes each device must allocate."""
+        self.weights = []
+        totals: dict[int, int] = {}
+        for placement, info in self.placements():
+            device = 0 if placement.layer is None else layer_device[placement.layer]
+            dev = devices[device]
+            size = (dev.weight_nbytes(info.dtype, info.ne)
+                    if isinstance(dev, SupportsWeightUpload) else info.nbytes)
+            weight = _Weight(placement, info, device, totals.get(device, 0))
+            totals[device] = weight.offset + round_up(size, dev.alignment)
+            self.weights.append(weight)
+        return totals
+
+    def allocate(self, backend: GraphBackend) -> None:
+        """Allocate every device's weight storage and record it in the books (§6.6, §7.2)."""
+        devices = backend.devices
+        totals = self.plan(backend._layer_device, devices)
+        books = backend._books
+        for device in range(len(devices)):
+            per_layer = [0] * (self.blocks + 1)
+            inputs = 0
+            for w in self.weights:
+                if w.device != device:
+                    continue
+                dev = devices[device]
+                size = (dev.weight_nbytes(w.info.dtype, w.info.ne)
+                        if isinstance(dev, SupportsWeightUpload) else w.info.nbytes)
+                accounted = round_up(size, dev.alignment)
+                if w.placement.layer is None:
+                    inputs += accounted
+                else:
+                    per_layer[w.placement.layer] += accounted
+            books.set_weight_sizes(device, per_layer, inputs)
+        for device in [*range(1, len(devices)), 0]:
+            total = totals.get(device, 0)
+            if not total:
+                continue
+            try:
+                self.buffers[device] = devices[device].alloc(total)
+            except DeviceOutOfMemory as err:
+                books.mark_weights(device, AllocationStatus.FAILED)
+                snapshot = books.snapshot()
+                self.free(backend)
+                raise ErrNoMem(snapshot) from err
+            books.mark_weights(device, AllocationStatus.ALLOCATED)
+        for w in self.weights:
+            meta = Meta.fresh(w.info.dtype, w.info.ne)
+            storage = Storage(w.device, self.buffers[w.device], w.offset, w.info.nbytes)
+            w.tensor = Tensor(backend._weights_family, meta, storage=storage,
+                              name=w.placement.name)
+            backend._weights[w.placement.name] = w.tensor
+
+    def load(self, backend: GraphBackend, progress: Callable[[float], None] | None,
+             cancel: Any) -> None:
+        """Copy every weight's bytes from the file (§6.6)."""
+        try:
+            actual = os.stat(self.file.path).st_size
+        except OSError as err:
+            raise GGUFError(f"[gguf] {self.file.path}: cannot read the file ({err})") from err
+        if actual < self.file.size:
+            raise GGUFError(
+                f"[gguf] {self.file.path}: the file shrank to {actual} bytes since it was "
+                f"opened ({self.file.size} expected)"
+            )
+        total = sum(w.info.nbytes for w in self.weights)
+        done = 0
+        for w in self.weights:
+            if _cancelled(cancel):
+                raise LoadCancelledError("load: cancelled")
+            assert w.tensor is not None and w.tensor._storage is not None  # noqa: S101
+            storage = w.tensor._storage
+            device = backend.devices[w.device]
+            buffer = storage.buffer
+            assert buffer is not None  # noqa: S101
+            if isinstance(device, SupportsWeightUpload):
+                meta = w.tensor._meta
+                ref = TensorRef(buffer, storage.offset, meta.ne, meta.nb, meta.dtype)
+                device.upload_weight(ref, self.file.view(w.info.offset, w.info.nbytes))
+                done += w.info.nbytes
+                if progress is not None and total:
+                    progress(min(done / total, 1.0))
+                continue
+            for start in range(0, w.info.nbytes, CHUNK):
+                if start and _cancelled(cancel):
+                    raise LoadCancelledError("load: cancelled")
+                n = min(CHUNK, w.info.nbytes - start)
+                buffer.write(storage.offset + start, self.file.view(w.info.offset + start, n))
+                done += n
+                if progress is not None and total:
+                    progress(min(done / total, 1.0))
+        for device in {w.device for w in self.weights}:
+            backend.devices[device].synchronize()
+        if progress is not None and (total == 0 or done / total < 1.0):
+            progress(1.0)
+
+    def free(self, backend: GraphBackend) -> None:
+        """Free the weight storage and close the file."""
+        for buffer in self.buffers.values():
+            buffer.free()
+        self.buffers.clear()
+        for w in self.weights:
+            if w.tensor is not None and w.tensor._storage is not None:
+                w.tensor._storage.buffer = None
+        self.file.close()
