@@ -60,6 +60,71 @@ def _cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    """Show a model's metadata and the memory plan, without reading tensor data.
+
+    The plan is the one a real backend makes: it is constructed (weights placed and allocated,
+    which costs nothing on the CPU until touched) and closed without ``load()``.
+    """
+    from mlplug.errors import ErrNoMem, GGUFError
+    from mlplug.params import BackendParams
+
+    split = tuple(float(x) for x in args.tensor_split.split(",")) if args.tensor_split else ()
+    params = BackendParams(num_gpu_layers=args.num_gpu_layers, main_gpu=args.main_gpu,
+                           tensor_split=split)
+    try:
+        backend = registry.new_backend(args.model, params, args.backend)
+    except GGUFError as err:
+        print(f"mlplug info: {err}", file=sys.stderr)
+        return 1
+    except ErrNoMem as err:
+        memory, failed = err.memory, True
+        config = None
+    else:
+        with backend:
+            memory, failed, config = backend.backend_memory(), False, backend.config()
+            tensors = getattr(backend, "_model", None)
+            n_tensors = len(tensors.tensors) if tensors is not None else 0
+    if args.json:
+        out: dict[str, object] = {"model": args.model, "fits": not failed,
+                                  "memory": memory.log_value(),
+                                  "summary": memory.summary().splitlines()}
+        if config is not None:
+            out["metadata"] = {k: _jsonable(v.value) for k, v in config.items()
+                               if not k.startswith("tokenizer.ggml.")}
+            out["tensors"] = n_tensors
+        print(json.dumps(out, indent=2))
+        return 1 if failed else 0
+    if config is not None:
+        print(f"model: {args.model}")
+        print(f"architecture: {config.architecture()}  blocks: {config.uint('block_count')}  "
+              f"tensors: {n_tensors}")
+        for key, value in config.items():
+            if key.startswith("tokenizer.ggml.") and isinstance(value.value, tuple):
+                print(f"  {key} = [{len(value.value)} items]")
+            else:
+                print(f"  {key} = {_short(value.value)}")
+    print()
+    print(memory.summary())
+    if failed:
+        print("does not fit: " + str(memory), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value[:64]]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from mlplug import _demo
 
@@ -76,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-devices", dest="devices", action="store_false",
                    help="do not construct backends to list their devices")
     p.set_defaults(func=_cmd_backends)
+
+    p = sub.add_parser("info", help="model metadata and the per-device memory plan")
+    p.add_argument("model", help="GGUF file")
+    p.add_argument("--backend", default=None)
+    p.add_argument("--num-gpu-layers", type=int, default=0)
+    p.add_argument("--main-gpu", type=int, default=0)
+    p.add_argument("--tensor-split", default="", help="comma-separated shares, e.g. 3,1")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("run", help="run a model (or the bundled demo) and print tokens/s")
     p.add_argument("model", nargs="?", help="GGUF file (default: the bundled demo)")
