@@ -1,0 +1,300 @@
+"""The CPU device on numpy, and simulated GPUs for testing placement and out-of-memory.
+
+Buffers are 32-byte aligned numpy ``uint8`` arrays; kernels view them through each
+:class:`~mlplug.device.TensorRef`'s strides (:mod:`mlplug_cpu.kernels.quant`).
+
+Every device keeps the bytes it has allocated and not yet freed within an optional **memory
+cap**; an allocation past it raises :class:`~mlplug.device.DeviceOutOfMemory`. Environment:
+
+* ``MLPLUG_CPU_MEMORY_LIMIT=SIZE`` caps the CPU device (``512MiB``, ``2G``, ``1048576``).
+* ``MLPLUG_CPU_SIMULATED_GPUS=COUNT:CAP`` adds ``COUNT`` simulated GPUs (kind ``"gpu"``, names
+  ``SIM0``, ``SIM1``…, ids ``sim-0``…), each with ``CAP`` bytes of its own. They run the same
+  numpy kernels in host memory, so multi-device graphs, partial offload and out-of-memory can be
+  tested on any machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+from mlplug.device import BackendParams, DeviceOutOfMemory, Node, parse_size
+from threadpoolctl import ThreadpoolController
+
+from mlplug_cpu.kernels import KERNELS
+
+__all__ = [
+    "ENV_MEMORY_LIMIT",
+    "ENV_SIMULATED_GPUS",
+    "CpuBuffer",
+    "CpuDevice",
+    "load",
+    "simulated_gpus_from_env",
+]
+
+ENV_MEMORY_LIMIT = "MLPLUG_CPU_MEMORY_LIMIT"
+ENV_SIMULATED_GPUS = "MLPLUG_CPU_SIMULATED_GPUS"
+ALIGNMENT = 32
+
+
+class CpuBuffer:
+    """A block of host memory: a 32-byte aligned numpy ``uint8`` array (:attr:`data`)."""
+
+    __slots__ = ("__weakref__", "_release", "data", "nbytes")
+
+    def __init__(self, device: CpuDevice, nbytes: int) -> None:
+        # Over-allocate by the alignment and start at the first aligned byte.
+        base = np.zeros(nbytes + ALIGNMENT, np.uint8)
+        start = -base.ctypes.data % ALIGNMENT
+        self.data: np.ndarray = base[start : start + nbytes]
+        self.nbytes = nbytes
+        # Gives the bytes back to the device once: on free(), or when the buffer is collected
+        # without having been freed. It holds no reference to the buffer itself.
+        self._release = weakref.finalize(self, _give_back, weakref.ref(device), nbytes)
+
+    def _check(self, offset: int, n: int) -> None:
+        if not self._release.alive:
+            raise ValueError("[cpu] buffer used after free()")
+        if offset < 0 or n < 0 or offset + n > self.nbytes:
+            raise ValueError(
+                f"[cpu] bytes [{offset}, {offset + n}) outside a {self.nbytes}-byte buffer"
+            )
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Copy host bytes into the buffer at ``offset``."""
+        src = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+        self._check(offset, src.size)
+        self.data[offset : offset + src.size] = src
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Return ``n`` bytes starting at ``offset``."""
+        self._check(offset, n)
+        return self.data[offset : offset + n].tobytes()
+
+    def free(self) -> None:
+        """Return the memory to the device's budget. Idempotent."""
+        self._release()
+        self.data = np.zeros(0, np.uint8)
+
+
+def _meminfo(key: str) -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name == key:
+                    return int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _sysconf_bytes(pages: str) -> int:
+    try:
+        return int(os.sysconf(pages)) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError):
+        return 0
+
+
+class CpuDevice:
+    """A numpy device: the host CPU, or (``kind="gpu"``) a simulated GPU with its own budget.
+
+    Args:
+        name: Display name and memory-report key.
+        id: Stable identifier.
+        kind: ``"cpu"`` or ``"gpu"``.
+        memory_limit: Cap in bytes on memory allocated and not yet freed; ``None`` = RAM.
+        num_threads: BLAS threads while executing; 0 leaves the library's default.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_allocated",
+        "_buffers",
+        "_lock",
+        "_memory_limit",
+        "alignment",
+        "id",
+        "kind",
+        "name",
+        "num_threads",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str = "CPU",
+        id: str = "",
+        kind: str = "cpu",
+        memory_limit: int | None = None,
+        num_threads: int = 0,
+    ) -> None:
+        if memory_limit is not None and memory_limit < 0:
+            raise ValueError(f"[{name}] memory_limit must be >= 0, got {memory_limit}")
+        self.name = name
+        self.id = id
+        self.kind = kind
+        self.alignment = ALIGNMENT
+        self.num_threads = num_threads
+        self._memory_limit = memory_limit
+        self._allocated = 0
+        self._lock = threading.Lock()
+        self._buffers: weakref.WeakSet[CpuBuffer] = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        return f"CpuDevice(name={self.name!r}, kind={self.kind!r}, limit={self._memory_limit})"
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    @property
+    def memory_limit(self) -> int | None:
+        """The cap in bytes, or ``None``."""
+        return self._memory_limit
+
+    def set_memory_limit(self, limit: int | None) -> int | None:
+        """Set the cap (``None`` removes it) and return the previous one.
+
+        Memory already allocated stays allocated even when it exceeds the new cap; further
+        allocations fail until enough is freed.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError(f"[{self.name}] memory limit must be >= 0, got {limit}")
+        previous, self._memory_limit = self._memory_limit, limit
+        return previous
+
+    @property
+    def allocated(self) -> int:
+        """Bytes allocated and not yet freed."""
+        return self._allocated
+
+    def total_memory(self) -> int:
+        """Return the cap when one is set, else the machine's physical memory."""
+        if self._memory_limit is not None:
+            return self._memory_limit
+        return _meminfo("MemTotal") or _sysconf_bytes("SC_PHYS_PAGES")
+
+    def free_memory(self) -> int:
+        """Return the bytes left under the cap, else the memory the system has available."""
+        if self._memory_limit is not None:
+            return max(0, self._memory_limit - self._allocated)
+        return _meminfo("MemAvailable") or _sysconf_bytes("SC_AVPHYS_PAGES")
+
+    def alloc(self, nbytes: int) -> CpuBuffer:
+        """Allocate ``nbytes`` zeroed bytes.
+
+        Raises:
+            DeviceOutOfMemory: The bytes do not fit under the cap, or the system is out of memory.
+        """
+        if nbytes < 0:
+            raise ValueError(f"[{self.name}] cannot allocate {nbytes} bytes")
+        with self._lock:
+            if self._memory_limit is not None and self._allocated + nbytes > self._memory_limit:
+                raise DeviceOutOfMemory(self.name, nbytes, self.free_memory())
+            self._allocated += nbytes
+        try:
+            buffer = CpuBuffer(self, nbytes)
+        except MemoryError as err:
+            self._give_back(nbytes)
+            raise DeviceOutOfMemory(self.name, nbytes, self.free_memory()) from err
+        self._buffers.add(buffer)
+        return buffer
+
+    def _give_back(self, nbytes: int) -> None:
+        with self._lock:
+            self._allocated -= nbytes
+
+    # -- execution ------------------------------------------------------------------------------
+
+    def unsupported(self, node: Node) -> str | None:
+        """Return ``None`` for every op of the ops table (numpy runs them all)."""
+        if node.op in KERNELS:
+            return None
+        return f"[{self.name}] unknown op {node.op!r}"
+
+    def execute(self, nodes: Sequence[Node]) -> None:
+        """Run each node's kernel in order (synchronously).
+
+        IEEE semantics apply (``x/0`` is ±inf, NaN propagates), so numpy's floating-point
+        warnings are silenced.
+        """
+        with _thread_limit(self.num_threads), np.errstate(all="ignore"):
+            for node in nodes:
+                kernel = KERNELS.get(node.op)
+                if kernel is None:
+                    raise NotImplementedError(self.unsupported(node) or node.op)
+                kernel(node)
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: :meth:`execute` is synchronous."""
+
+    def close(self) -> None:
+        """Free every buffer still allocated on this device."""
+        for buffer in list(self._buffers):
+            buffer.free()
+
+
+def _give_back(device_ref: weakref.ref[CpuDevice], nbytes: int) -> None:
+    device = device_ref()
+    if device is not None:
+        device._give_back(nbytes)
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    # Finding the loaded BLAS libraries is the slow part of threadpoolctl: do it once.
+    return ThreadpoolController()
+
+
+@contextmanager
+def _thread_limit(num_threads: int) -> Iterator[None]:
+    """Limit BLAS threads to ``num_threads`` while the block runs (0 = leave the default)."""
+    if num_threads <= 0:
+        yield
+        return
+    with _blas_controller().limit(limits=num_threads, user_api="blas"):
+        yield
+
+
+def _env_size(variable: str) -> int | None:
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise ValueError(f"{variable}={text!r}: {err}") from err
+
+
+def simulated_gpus_from_env() -> tuple[int, int]:
+    """Return ``(count, cap)`` from ``MLPLUG_CPU_SIMULATED_GPUS`` (``(0, 0)`` when unset).
+
+    Raises:
+        ValueError: The value is not ``COUNT:CAP`` with a count >= 0 and a size.
+    """
+    text = os.environ.get(ENV_SIMULATED_GPUS, "").strip()
+    if not text:
+        return 0, 0
+    count_text, sep, cap_text = text.partition(":")
+    try:
+        if not sep or not count_text.strip().isdigit():
+            raise ValueError("expected COUNT:CAP with a count >= 0, e.g. 2:512MiB")
+        return int(count_text), parse_size(cap_text)
+    except ValueError as err:
+        raise ValueError(f"{ENV_SIMULATED_GPUS}={text!r}: {err}") from err
+
+
+def load(params: BackendParams) -> list[CpuDevice]:
+    """Return the CPU device, then the simulated GPUs the environment asks for."""
+    count, cap = simulated_gpus_from_env()
+    threads = params.num_threads
+    cpu = CpuDevice(memory_limit=_env_size(ENV_MEMORY_LIMIT), num_threads=threads)
+    sims = [
+        CpuDevice(name=f"SIM{i}", id=f"sim-{i}", kind="gpu", memory_limit=cap, num_threads=threads)
+        for i in range(count)
+    ]
+    return [cpu, *sims]

@@ -1,0 +1,166 @@
+"""Element-wise kernels: unary ops, ``scale``, ``clamp`` and the tiled binary ops.
+
+SEMANTICS §5.2-§5.3. Every op computes in F32 and rounds once to the result dtype. Binary ops
+**tile** ``b`` over ``a`` (``b.ne[i]`` divides ``a.ne[i]``), which numpy broadcasting does not do
+by itself: :func:`tiled` splits each dim where ``b`` repeats into ``(repeats, b.ne[i])`` so that
+plain broadcasting over the ``repeats`` axis performs the tiling without copying ``b``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from mlplug.device import Node
+
+from mlplug_cpu.kernels.quant import commit, dest, load, reshaped_view
+
+__all__ = ["KERNELS", "tiled"]
+
+Ufunc = Callable[..., np.ndarray]
+
+
+def _tile_shapes(
+    a_shape: tuple[int, ...], b_shape: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    sa: list[int] = []
+    sb: list[int] = []
+    for x, y in zip(a_shape, b_shape, strict=True):
+        if y in (x, 1):
+            sa.append(x)
+            sb.append(y)
+        else:
+            sa += [x // y, y]
+            sb += [1, y]
+    return tuple(sa), tuple(sb)
+
+
+def tiled(ufunc: Ufunc, x: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Return ``ufunc(x, tile(y))`` (SEMANTICS §5.2), written into ``out`` when given.
+
+    ``y``'s extents must divide ``x``'s in every dim (the ops table checked that).
+    """
+    sa, sb = _tile_shapes(x.shape, y.shape)
+    xa, yb = x.reshape(sa), y.reshape(sb)
+    if out is None:
+        return ufunc(xa, yb).reshape(x.shape)
+    target = reshaped_view(out, sa)
+    if target is not None:
+        ufunc(xa, yb, out=target)
+    else:
+        np.copyto(out, ufunc(xa, yb).reshape(x.shape))
+    return out
+
+
+def _binary(ufunc: Ufunc) -> Callable[[Node], None]:
+    def kernel(node: Node) -> None:
+        a, b = node.srcs
+        assert a is not None and b is not None
+        if node.out.n == 0:
+            return
+        o = dest(node.out)
+        tiled(ufunc, load(a), load(b), out=o)
+        commit(node.out, o)
+
+    return kernel
+
+
+_GELU_C = np.float32(0.7978845608)
+_GELU_A = np.float32(0.044715)
+_ONE = np.float32(1.0)
+_HALF = np.float32(0.5)
+
+
+def _gelu(x: np.ndarray, o: np.ndarray) -> None:
+    # Tanh form, SEMANTICS §5.3: 0.5·x·(1 + tanh(0.7978845608·x·(1 + 0.044715·x²))).
+    np.multiply(x, x, out=o)
+    o *= _GELU_A
+    o += _ONE
+    o *= x
+    o *= _GELU_C
+    np.tanh(o, out=o)
+    o += _ONE
+    o *= x
+    o *= _HALF
+
+
+def _silu(x: np.ndarray, o: np.ndarray) -> None:
+    np.negative(x, out=o)
+    np.exp(o, out=o)
+    o += _ONE
+    np.divide(x, o, out=o)
+
+
+def _sigmoid(x: np.ndarray, o: np.ndarray) -> None:
+    np.negative(x, out=o)
+    np.exp(o, out=o)
+    o += _ONE
+    np.reciprocal(o, out=o)
+
+
+def _relu(x: np.ndarray, o: np.ndarray) -> None:
+    np.maximum(x, np.float32(0.0), out=o)
+
+
+def _ufunc(f: Ufunc) -> Callable[[np.ndarray, np.ndarray], None]:
+    def apply(x: np.ndarray, o: np.ndarray) -> None:
+        f(x, out=o)
+
+    return apply
+
+
+_UNARY: dict[str, Callable[[np.ndarray, np.ndarray], None]] = {
+    "neg": _ufunc(np.negative),
+    "sin": _ufunc(np.sin),
+    "cos": _ufunc(np.cos),
+    "tanh": _ufunc(np.tanh),
+    "sqr": _ufunc(np.square),
+    "sqrt": _ufunc(np.sqrt),
+    "relu": _relu,
+    "gelu": _gelu,
+    "silu": _silu,
+    "sigmoid": _sigmoid,
+}
+
+
+def _unary(f: Callable[[np.ndarray, np.ndarray], None]) -> Callable[[Node], None]:
+    def kernel(node: Node) -> None:
+        if node.out.n == 0:
+            return
+        a = node.srcs[0]
+        assert a is not None
+        o = dest(node.out)
+        f(load(a), o)
+        commit(node.out, o)
+
+    return kernel
+
+
+def _scale(node: Node) -> None:
+    s = np.float32(node.params["s"])
+
+    def scale(x: np.ndarray, o: np.ndarray) -> None:
+        np.multiply(x, s, out=o)
+
+    _unary(scale)(node)
+
+
+def _clamp(node: Node) -> None:
+    lo, hi = np.float32(node.params["lo"]), np.float32(node.params["hi"])
+
+    def clamp(x: np.ndarray, o: np.ndarray) -> None:
+        np.minimum(x, hi, out=o)
+        np.maximum(o, lo, out=o)
+
+    _unary(clamp)(node)
+
+
+KERNELS: dict[str, Callable[[Node], None]] = {
+    **{name: _unary(f) for name, f in _UNARY.items()},
+    "scale": _scale,
+    "clamp": _clamp,
+    "add": _binary(np.add),
+    "sub": _binary(np.subtract),
+    "mul": _binary(np.multiply),
+    "div": _binary(np.divide),
+}

@@ -1,0 +1,44 @@
+"""The light descriptor of the ``cpu`` backend (entry point ``mlplug.backends: cpu``).
+
+Importing this module must stay cheap: it imports no numpy. ``load`` imports the device
+module, and with it numpy, only when a backend is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from mlplug.device import BackendParams, Device, EnginePlugin, hookimpl
+
+if TYPE_CHECKING:
+    from mlplug.registry import Registry
+
+__all__ = ["PLUGIN", "mlplug_register_backends"]
+
+
+def _probe() -> tuple[bool, str]:
+    # numpy is a hard dependency of this distribution, so the CPU device is always there.
+    return True, ""
+
+
+def _load(params: BackendParams) -> Sequence[Device]:
+    from mlplug_cpu.device import load
+
+    return load(params)
+
+
+PLUGIN = EnginePlugin(
+    name="cpu",
+    priority=0,
+    probe=_probe,
+    load=_load,
+    install_hint='pip install "mlplug[cpu]"',
+)
+"""The ``cpu`` backend: one CPU device plus any simulated GPUs (see :mod:`mlplug_cpu.device`)."""
+
+
+@hookimpl
+def mlplug_register_backends(registry: Registry) -> None:
+    """Register the ``cpu`` backend."""
+    PLUGIN.register(registry)

@@ -1,0 +1,152 @@
+"""Buffers, memory caps, simulated GPUs, environment parsing and thread limits."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+from mlplug.device import BackendParams, DeviceOutOfMemory
+from mlplug_cpu import device as cpu_device
+from mlplug_cpu.device import ENV_MEMORY_LIMIT, ENV_SIMULATED_GPUS, CpuDevice
+from threadpoolctl import threadpool_info
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_MEMORY_LIMIT, raising=False)
+    monkeypatch.delenv(ENV_SIMULATED_GPUS, raising=False)
+
+
+def test_buffer_write_read_and_bounds() -> None:
+    dev = CpuDevice()
+    buf = dev.alloc(16)
+    assert buf.read(0, 16) == bytes(16)
+    buf.write(4, b"\x01\x02\x03")
+    buf.write(8, memoryview(np.array([1.5], np.float32)))
+    assert buf.read(3, 5) == b"\x00\x01\x02\x03\x00"
+    assert np.frombuffer(buf.read(8, 4), np.float32)[0] == 1.5
+    with pytest.raises(ValueError):
+        buf.write(14, b"abc")
+    with pytest.raises(ValueError):
+        buf.read(-1, 2)
+    buf.free()
+    buf.free()  # idempotent
+    with pytest.raises(ValueError, match="after free"):
+        buf.read(0, 1)
+
+
+def test_cap_raises_and_free_restores_the_budget() -> None:
+    dev = CpuDevice(memory_limit=1000)
+    assert dev.total_memory() == 1000 and dev.free_memory() == 1000
+    first = dev.alloc(600)
+    assert dev.free_memory() == 400
+    with pytest.raises(DeviceOutOfMemory) as info:
+        dev.alloc(500)
+    assert isinstance(info.value, MemoryError)
+    assert (info.value.requested, info.value.free) == (500, 400)
+    assert dev.allocated == 600  # the failed request holds nothing
+    second = dev.alloc(400)  # exactly fills the cap
+    assert dev.free_memory() == 0
+    first.free()
+    assert dev.free_memory() == 600
+    third = dev.alloc(500)
+    second.free()
+    assert dev.allocated == third.nbytes == 500
+
+
+def test_collected_buffer_and_close_give_memory_back() -> None:
+    dev = CpuDevice(memory_limit=100)
+    buf = dev.alloc(100)
+    del buf
+    gc.collect()
+    assert dev.allocated == 0
+    kept = [dev.alloc(40), dev.alloc(60)]
+    dev.close()
+    assert dev.allocated == 0
+    with pytest.raises(ValueError):
+        kept[0].read(0, 1)
+
+
+def test_set_memory_limit_returns_the_previous_cap() -> None:
+    dev = CpuDevice()
+    assert dev.set_memory_limit(64) is None
+    held = dev.alloc(64)
+    with pytest.raises(DeviceOutOfMemory):
+        dev.alloc(1)
+    assert dev.set_memory_limit(None) == 64
+    assert dev.alloc(1).nbytes == 1
+    held.free()
+    with pytest.raises(ValueError):
+        dev.set_memory_limit(-1)
+
+
+def test_uncapped_memory_is_the_machines() -> None:
+    dev = CpuDevice()
+    total, free = dev.total_memory(), dev.free_memory()
+    assert total > 0 and 0 < free <= total
+
+
+def test_load_without_environment_gives_one_cpu_device() -> None:
+    [cpu] = cpu_device.load(BackendParams())
+    assert (cpu.name, cpu.id, cpu.kind, cpu.alignment) == ("CPU", "", "cpu", 32)
+    assert cpu.memory_limit is None
+
+
+def test_memory_limit_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_MEMORY_LIMIT, "1MiB")
+    [cpu] = cpu_device.load(BackendParams())
+    assert cpu.total_memory() == 2**20
+    with pytest.raises(DeviceOutOfMemory):
+        cpu.alloc(2**20 + 1)
+
+
+def test_simulated_gpus_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_SIMULATED_GPUS, "2:512MiB")
+    cpu, sim0, sim1 = cpu_device.load(BackendParams(num_threads=2))
+    assert cpu.kind == "cpu" and cpu.memory_limit is None
+    assert [(d.name, d.id, d.kind) for d in (sim0, sim1)] == [
+        ("SIM0", "sim-0", "gpu"),
+        ("SIM1", "sim-1", "gpu"),
+    ]
+    assert sim0.total_memory() == sim1.total_memory() == 512 * 2**20
+    assert sim0.num_threads == 2
+    held = sim0.alloc(500 * 2**20)
+    assert sim0.free_memory() == 12 * 2**20
+    assert sim1.free_memory() == 512 * 2**20  # separate books
+    with pytest.raises(DeviceOutOfMemory):
+        sim0.alloc(13 * 2**20)
+    assert sim1.alloc(13 * 2**20).nbytes == 13 * 2**20
+    held.free()
+
+
+def test_zero_simulated_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_SIMULATED_GPUS, "0:1G")
+    assert len(cpu_device.load(BackendParams())) == 1
+
+
+@pytest.mark.parametrize("value", ["2", "x:1G", "-1:1G", "2:lots", "2:", ":1G", "1.5:1G"])
+def test_malformed_simulated_gpus_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv(ENV_SIMULATED_GPUS, value)
+    with pytest.raises(ValueError, match=ENV_SIMULATED_GPUS):
+        cpu_device.load(BackendParams())
+
+
+def test_malformed_memory_limit_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_MEMORY_LIMIT, "plenty")
+    with pytest.raises(ValueError, match=ENV_MEMORY_LIMIT):
+        cpu_device.load(BackendParams())
+
+
+def test_num_threads_limits_blas_during_execution() -> None:
+    seen: list[int] = []
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    if not blas:
+        pytest.skip("numpy's BLAS is not visible to threadpoolctl")
+    with cpu_device._thread_limit(1):
+        seen = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert seen and all(n == 1 for n in seen)
+    after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert after == [i["num_threads"] for i in blas]
