@@ -154,6 +154,7 @@ class Model:
                 meta = w.tensor._meta
                 ref = TensorRef(buffer, storage.offset, meta.ne, meta.nb, meta.dtype)
                 device.upload_weight(ref, self.file.view(w.info.offset, w.info.nbytes))
+                self.file.release(w.info.offset, w.info.nbytes)
                 done += w.info.nbytes
                 if progress is not None and total:
                     progress(min(done / total, 1.0))
@@ -163,6 +164,8 @@ class Model:
                     raise LoadCancelledError("load: cancelled")
                 n = min(CHUNK, w.info.nbytes - start)
                 buffer.write(storage.offset + start, self.file.view(w.info.offset + start, n))
+                # The bytes now live in device memory: drop the mapped pages from our RSS.
+                self.file.release(w.info.offset + start, n)
                 done += n
                 if progress is not None and total:
                     progress(min(done / total, 1.0))
