@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from toy_device import toy_plugin
 
 import mlplug
+from toy_device import toy_plugin
 
 
 @pytest.fixture

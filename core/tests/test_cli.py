@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mlplug_conformance import synth
-from toy_device import toy_plugin
 
 import mlplug
 from mlplug.cli import main
+from mlplug_conformance import synth
+from toy_device import toy_plugin
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import dataclasses
 import math
 
 import pytest
+
 from mlplug.dump import DumpOptions, format_array
 
 
@@ -154,6 +155,7 @@ class FakeTensor:
 
     def floats(self):
         import numpy as np
+
         from mlplug.errors import NotComputedError, UnsupportedOpError
 
         if not self.readable:
@@ -164,6 +166,7 @@ class FakeTensor:
 
     def numpy(self):
         import numpy as np
+
         from mlplug.errors import NotComputedError
 
         if not self.readable:

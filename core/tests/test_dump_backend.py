@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-import mlplug
 import pytest
+
+import mlplug
 from mlplug.dtype import DType
 from mlplug.dump import dump
 

@@ -6,7 +6,6 @@ import threading
 
 import numpy as np
 import pytest
-from toy_device import ToyDevice, toy_plugin
 
 import mlplug
 from mlplug import (
@@ -21,6 +20,7 @@ from mlplug import (
     NotComputedError,
     ShapeError,
 )
+from toy_device import ToyDevice, toy_plugin
 
 A, F, U = AllocationStatus.ALLOCATED, AllocationStatus.FAILED, AllocationStatus.UNALLOCATED
 
@@ -267,7 +267,7 @@ def test_no_device_supports_raises(toy: mlplug.Backend) -> None:
     ctx = toy.new_context()
     s = values(ctx, 4).sin(ctx)
     ctx.forward(s)
-    with pytest.raises(mlplug.UnsupportedOpError, match="^sin: "):
+    with pytest.raises(mlplug.UnsupportedOpError, match=r"^sin: "):
         ctx.compute(s)
 
 

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 from gguf.quants import dequantize
-from mlplug_conformance import synth
-from toy_device import toy_plugin
 
 import mlplug
 from mlplug import (
@@ -23,6 +21,8 @@ from mlplug import (
     Memory,
     NotComputedError,
 )
+from mlplug_conformance import synth
+from toy_device import toy_plugin
 
 A, F, U = AllocationStatus.ALLOCATED, AllocationStatus.FAILED, AllocationStatus.UNALLOCATED
 
@@ -183,7 +183,7 @@ def test_malformed_files_raise_gguf_error_and_leak_nothing(tmp_path: Path) -> No
     for cut in (3, 64, size - 10):
         bad.write_bytes(good.read_bytes()[:cut])
         plugin, devices = toy_plugin(1)
-        with pytest.raises(GGUFError, match="bad.gguf"):
+        with pytest.raises(GGUFError, match=r"bad\.gguf"):
             plugin.factory(str(bad), BackendParams(num_gpu_layers=1))
         assert all(d.used == 0 for d in devices)
     bad.write_bytes(b"not a gguf file at all" * 10)

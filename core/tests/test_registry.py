@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from importlib import metadata
 
 import pytest
-from toy_device import toy_plugin
 
 import mlplug
 from mlplug import (
@@ -19,6 +18,7 @@ from mlplug import (
 )
 from mlplug.device import hookimpl
 from mlplug.registry import Registry
+from toy_device import toy_plugin
 
 TOY, _ = toy_plugin()
 

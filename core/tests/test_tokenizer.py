@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from mlplug.tokenizer import Tokenizer, TokenType, merges_from_scores
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from mlplug.tokenizer import Tokenizer, TokenType, merges_from_scores
 
 K = "tokenizer.ggml."
 

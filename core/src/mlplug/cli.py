@@ -33,7 +33,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
                     for d in getattr(backend, "devices", [])
                 ]
                 backend.close()
-            except Exception as err:  # noqa: BLE001 - report, never crash the listing
+            except Exception as err:
                 device_error = f"{type(err).__name__}: {err}"
         rows.append({
             "name": info.name, "available": info.available, "reason": info.reason,

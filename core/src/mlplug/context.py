@@ -201,11 +201,11 @@ class Context:
         root = None
         if opdef.kind == "view":
             a = srcs[0]
-            assert a is not None  # noqa: S101 - receivers are never None
+            assert a is not None
             root = a._root or a
         elif opdef.kind == "copy":
             dst = srcs[1]
-            assert dst is not None  # noqa: S101
+            assert dst is not None
             root = dst._root or dst
         return Tensor(family, result.meta, op=op, srcs=tuple(srcs), params=dict(result.params),
                       root=root)

@@ -45,13 +45,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANY",
+    "API_VERSION",
     "CACHE",
     "CREATE",
     "FLOAT",
     "INT",
     "OPS",
     "WEIGHT",
-    "API_VERSION",
     "BackendParams",
     "Buffer",
     "CacheConfig",
@@ -79,7 +79,7 @@ hookimpl = pluggy.HookimplMarker("mlplug")
 """Marker for a plugin's hook implementations (``@hookimpl def mlplug_register_backends``)."""
 
 
-class DeviceOutOfMemory(MemoryError):  # noqa: N818 - mirrors the builtin it specialises
+class DeviceOutOfMemory(MemoryError):
     """Raised by :meth:`Device.alloc` when the allocation does not fit (cap or hardware).
 
     Attributes:

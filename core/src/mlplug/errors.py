@@ -58,7 +58,7 @@ class UnsupportedOpError(MlplugError, NotImplementedError):
     """No device of the backend can execute a node (not even the CPU device)."""
 
 
-class ErrNoMem(MlplugError, MemoryError):  # noqa: N818 - the name is part of the contract
+class ErrNoMem(MlplugError, MemoryError):
     """An allocation failed; ``memory`` is the bookkeeping snapshot at the failure."""
 
     def __init__(self, memory: BackendMemory) -> None:

@@ -125,7 +125,8 @@ class BackendMemory:
             cells = (weights, list(device.cache), [device.graph])
             for column, cell in zip(columns, cells, strict=True):
                 column.extend(cell)
-            rows.append((device.name, *(_cell(c) for c in cells), _cell([m for c in cells for m in c])))
+            total = _cell([m for c in cells for m in c])
+            rows.append((device.name, *(_cell(c) for c in cells), total))
         rows.append(("total", *(_cell(c) for c in columns), _cell([m for c in columns for m in c])))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         return "\n".join(

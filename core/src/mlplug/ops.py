@@ -186,7 +186,8 @@ def _index(op: str, name: str, value: object, error: type[Exception] = ShapeErro
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        raise error(f"{op}: {name} must be an integer, got {type(value).__name__} {value!r}") from None
+        kind = type(value).__name__
+        raise error(f"{op}: {name} must be an integer, got {kind} {value!r}") from None
 
 
 def _float(op: str, name: str, value: object) -> float:
@@ -275,7 +276,7 @@ def _binary(op: str) -> Callable[[Sequence[Meta | None], dict[str, Any]], Result
 def _mulmat(op: str) -> Callable[[Sequence[Meta | None], dict[str, Any]], Result]:
     def rule(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
         a, b = srcs
-        assert a is not None and b is not None  # noqa: S101 - guaranteed by Tensor methods
+        assert a is not None and b is not None
         _need_dtype(op, "receiver", a.dtype, WEIGHT)
         _need_dtype(op, "b", b.dtype, frozenset({DType.F32}))
         if a.ne[0] != b.ne[0]:
@@ -294,7 +295,7 @@ def _mulmat(op: str) -> Callable[[Sequence[Meta | None], dict[str, Any]], Result
 def _mulmat_id(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "mulmat_id"
     as_, b, ids = srcs
-    assert as_ is not None and b is not None and ids is not None  # noqa: S101
+    assert as_ is not None and b is not None and ids is not None
     _need_dtype(op, "receiver", as_.dtype, WEIGHT)
     _need_dtype(op, "b", b.dtype, frozenset({DType.F32}))
     _need_dtype(op, "ids", ids.dtype, frozenset({DType.I32}))
@@ -443,7 +444,7 @@ def _contiguous(op: str) -> Callable[..., Result]:
 def _copy(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "copy"
     a, dst = srcs
-    assert a is not None and dst is not None  # noqa: S101
+    assert a is not None and dst is not None
     _need_dtype(op, "receiver", a.dtype, ANY)
     if not ((a.dtype in CACHE and dst.dtype in CACHE) or a.dtype == dst.dtype):
         raise DTypeError(
@@ -461,7 +462,7 @@ _ASSEMBLE = FLOAT | {DType.I32}
 def _set(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "set"
     a, b = srcs
-    assert a is not None and b is not None  # noqa: S101
+    assert a is not None and b is not None
     _need_dtype(op, "receiver", a.dtype, _ASSEMBLE)
     if b.dtype != a.dtype:
         raise DTypeError(f"{op}: b dtype {b.dtype.name} must equal the receiver's {a.dtype.name}")
@@ -549,7 +550,7 @@ def _repeat(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
 def _rows(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "rows"
     a, ids = srcs
-    assert a is not None and ids is not None  # noqa: S101
+    assert a is not None and ids is not None
     _need_dtype(op, "receiver", a.dtype, ANY)
     _need_dtype(op, "ids", ids.dtype, frozenset({DType.I32}))
     if a.ne[2] != ids.ne[1] or a.ne[3] != ids.ne[2] or ids.ne[3] != 1:
@@ -605,7 +606,7 @@ def _conv_out(op: str, kernel: Meta, inp: Meta, p: dict[str, int]) -> tuple[int,
 def _conv_2d(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "conv_2d"
     kernel, inp = srcs
-    assert kernel is not None and inp is not None  # noqa: S101
+    assert kernel is not None and inp is not None
     _need_dtype(op, "kernel", kernel.dtype, frozenset({DType.F32, DType.F16}))
     _need_dtype(op, "input", inp.dtype, frozenset({DType.F32}))
     p = _conv_params(op, params)
@@ -616,7 +617,7 @@ def _conv_2d(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
 def _im2col(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "im2col"
     kernel, inp = srcs
-    assert kernel is not None and inp is not None  # noqa: S101
+    assert kernel is not None and inp is not None
     _need_dtype(op, "kernel", kernel.dtype, ANY)
     _need_dtype(op, "input", inp.dtype, frozenset({DType.F32}))
     p = _conv_params(op, params)
@@ -643,7 +644,7 @@ def _avg_pool_2d(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
 def _attention(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "scaled_dot_product_attention"
     q, k, v, mask = srcs
-    assert q is not None and k is not None and v is not None  # noqa: S101
+    assert q is not None and k is not None and v is not None
     _need_dtype(op, "query", q.dtype, frozenset({DType.F32}))
     _need_dtype(op, "key", k.dtype, CACHE)
     _need_dtype(op, "value", v.dtype, CACHE)

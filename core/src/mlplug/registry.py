@@ -168,7 +168,7 @@ class Registry:
         provider = f"{dist.name} {dist.version}" if dist is not None else ep.value
         try:
             plugin = ep.load()
-        except Exception as err:  # noqa: BLE001 - any import failure makes the plugin unavailable
+        except Exception as err:
             self._broken(ep.name, provider, f"cannot import {ep.value}: {err!r}")
             return
         registrar = _PluginRegistrar(self, ep.name, provider)
@@ -182,7 +182,7 @@ class Registry:
                 plugin(registrar)
             else:
                 raise TypeError("entry point object has no mlplug_register_backends hook")
-        except Exception as err:  # noqa: BLE001 - a plugin's own failure must not spread
+        except Exception as err:
             self._broken(ep.name, provider, f"registration failed: {err}")
             return
         if not registrar.registered and ep.name not in self._entries:
@@ -203,7 +203,7 @@ class Registry:
             return True, ""
         try:
             ok, reason = entry.probe()
-        except Exception as err:  # noqa: BLE001 - probes must not raise; we say why
+        except Exception as err:
             return False, f"probe raised {err!r}"
         return bool(ok), str(reason)
 
@@ -258,7 +258,7 @@ class Registry:
                 f"[registry] backend {name!r} is unavailable: {reason} ({hint})",
                 reason=reason, install_hint=hint,
             )
-        assert entry.factory is not None  # noqa: S101 - only broken entries lack one
+        assert entry.factory is not None
         try:
             return entry.factory(None if model_path is None else os.fspath(model_path), params)
         except ImportError as err:

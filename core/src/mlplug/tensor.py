@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from mlplug import _convert
 from mlplug.dtype import DType
-from mlplug.errors import NotComputedError
 from mlplug.ops import Meta
 
 if TYPE_CHECKING:
@@ -321,13 +320,13 @@ class Tensor:
         return self._op_call(ctx, "topk", (), {"k": k})
 
     # convolution (§5.9)
-    def conv_2d(self, ctx: Context, input: Tensor, s0: int, s1: int, p0: int, p1: int,  # noqa: A002
+    def conv_2d(self, ctx: Context, input: Tensor, s0: int, s1: int, p0: int, p1: int,
                 d0: int, d1: int) -> Tensor:
         """Return the 2-D cross-correlation of ``input`` with this kernel."""
         params = {"s0": s0, "s1": s1, "p0": p0, "p1": p1, "d0": d0, "d1": d1}
         return self._op_call(ctx, "conv_2d", (input,), params)
 
-    def im2col(self, ctx: Context, input: Tensor, s0: int, s1: int, p0: int, p1: int,  # noqa: A002
+    def im2col(self, ctx: Context, input: Tensor, s0: int, s1: int, p0: int, p1: int,
                d0: int, d1: int) -> Tensor:
         """Return ``input``'s patches as columns, for this kernel's shape."""
         params = {"s0": s0, "s1": s1, "p0": p0, "p1": p1, "d0": d0, "d1": d1}

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from mlplug.device import OPS, DType, Meta, Node, TensorRef, contiguous_strides
 from mlplug_cpu.device import CpuDevice
 from mlplug_cpu.kernels import quant

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mlplug.device import DType
 from mlplug_cpu.kernels import attention
 

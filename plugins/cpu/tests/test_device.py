@@ -6,10 +6,11 @@ import gc
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
+
 from mlplug.device import BackendParams, DeviceOutOfMemory
 from mlplug_cpu import device as cpu_device
 from mlplug_cpu.device import ENV_MEMORY_LIMIT, ENV_SIMULATED_GPUS, CpuDevice
-from threadpoolctl import threadpool_info
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
+
 from mlplug.device import DType
 
 RNG = np.random.default_rng(0)

@@ -6,6 +6,7 @@ import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
+
 from mlplug.device import DType
 
 RNG = np.random.default_rng(3)

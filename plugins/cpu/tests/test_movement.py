@@ -6,6 +6,7 @@ import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
+
 from mlplug.device import DType, Node, TensorRef
 from mlplug_cpu.kernels import quant
 

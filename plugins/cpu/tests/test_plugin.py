@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import pytest
+
 from mlplug.device import OPS, BackendParams, Buffer, Device, DType, Node, TensorRef
 from mlplug_cpu import plugin
 from mlplug_cpu.device import CpuDevice

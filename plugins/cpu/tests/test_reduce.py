@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mlplug.device import DType, TensorRef
 
 RNG = np.random.default_rng(1)

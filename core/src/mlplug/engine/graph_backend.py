@@ -283,7 +283,7 @@ class GraphBackend:
 
     def _read_window(self, root: Tensor, meta: Meta) -> bytes:
         storage = root._storage
-        assert storage is not None and storage.buffer is not None  # noqa: S101
+        assert storage is not None and storage.buffer is not None
         self.devices[storage.device].synchronize()
         ref = TensorRef(None, meta.offset, meta.ne, meta.nb, meta.dtype)
         start, stop = ref.span()
@@ -293,7 +293,7 @@ class GraphBackend:
     # -- compute and reserve --------------------------------------------------------------------
 
     def _storage_device(self, t: Tensor) -> int:
-        assert t._storage is not None  # noqa: S101
+        assert t._storage is not None
         return t._storage.device
 
     def _plan(self, family: Family, outputs: Sequence[Tensor]) -> Plan:
@@ -354,7 +354,7 @@ class GraphBackend:
                     t._readable = True
                     continue
                 ref = self._ref(plan, t, t._meta)
-                assert ref.buffer is not None  # noqa: S101
+                assert ref.buffer is not None
                 start, stop = ref.span()
                 data = ref.buffer.read(start, stop - start)
                 t._result = _convert.gather(data, ref.offset - start, ref.ne, ref.nb, ref.dtype)
@@ -364,11 +364,11 @@ class GraphBackend:
     def _base(self, plan: Plan, root: Tensor) -> tuple[Buffer, int]:
         if root._op is None:
             storage = root._storage
-            assert storage is not None and storage.buffer is not None  # noqa: S101
+            assert storage is not None and storage.buffer is not None
             return storage.buffer, storage.offset
         slot = plan.slots[id(root)]
         arena = self._arenas[slot.device]
-        assert arena is not None  # noqa: S101
+        assert arena is not None
         return arena, slot.offset
 
     def _ref(self, plan: Plan, t: Tensor, meta: Meta,
@@ -408,13 +408,13 @@ class GraphBackend:
                 start, stop = step.span
                 data = src_buffer.read(src_base + start, stop - start)
                 arena = self._arenas[step.device]
-                assert arena is not None and step.slot is not None  # noqa: S101
+                assert arena is not None and step.slot is not None
                 arena.write(step.slot.offset, data)
                 key = (id(root), start, stop)
                 moved.setdefault(step.device, {})[key] = (arena, step.slot.offset)
                 continue
             node = step.node
-            assert node is not None  # noqa: S101
+            assert node is not None
             if step.device != batch_device:
                 flush()
                 batch_device = step.device
@@ -434,6 +434,6 @@ class GraphBackend:
     def _loc(self, plan: Plan, t: Tensor) -> int:
         root = t._root or t
         if root._op is None:
-            assert root._storage is not None  # noqa: S101
+            assert root._storage is not None
             return root._storage.device
         return plan.location[id(root)]

@@ -145,11 +145,11 @@ class Model:
         for w in self.weights:
             if _cancelled(cancel):
                 raise LoadCancelledError("load: cancelled")
-            assert w.tensor is not None and w.tensor._storage is not None  # noqa: S101
+            assert w.tensor is not None and w.tensor._storage is not None
             storage = w.tensor._storage
             device = backend.devices[w.device]
             buffer = storage.buffer
-            assert buffer is not None  # noqa: S101
+            assert buffer is not None
             if isinstance(device, SupportsWeightUpload):
                 meta = w.tensor._meta
                 ref = TensorRef(buffer, storage.offset, meta.ne, meta.nb, meta.dtype)

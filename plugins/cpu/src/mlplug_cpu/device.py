@@ -23,9 +23,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
-from mlplug.device import BackendParams, DeviceOutOfMemory, Node, parse_size
 from threadpoolctl import ThreadpoolController
 
+from mlplug.device import BackendParams, DeviceOutOfMemory, Node, parse_size
 from mlplug_cpu.kernels import KERNELS
 
 __all__ = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mlplug.device import Node
-
 from mlplug_cpu.kernels import attention, conv, elementwise, matmul, movement, reduce
 
 __all__ = ["KERNELS"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from mlplug.device import Node, TensorRef
 
+from mlplug.device import Node, TensorRef
 from mlplug_cpu.kernels.quant import load, raw
 
 __all__ = ["KERNELS", "scaled_dot_product_attention"]

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from mlplug.device import Node, TensorRef
 
+from mlplug.device import Node, TensorRef
 from mlplug_cpu.kernels.quant import load, raw
 
 __all__ = ["KERNELS"]

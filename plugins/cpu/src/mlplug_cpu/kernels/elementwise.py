@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from mlplug.device import Node
 
+from mlplug.device import Node
 from mlplug_cpu.kernels.quant import commit, dest, load, reshaped_view
 
 __all__ = ["KERNELS", "tiled"]

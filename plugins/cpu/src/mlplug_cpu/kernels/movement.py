@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from mlplug.device import DType, Node, TensorRef
 
+from mlplug.device import DType, Node, TensorRef
 from mlplug_cpu.kernels.quant import copy_raw, decode, host_ref, load, np_shape, raw, store
 
 __all__ = ["KERNELS", "checked_ids"]

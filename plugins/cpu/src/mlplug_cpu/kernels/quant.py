@@ -17,6 +17,7 @@ from typing import Any
 
 import gguf
 import numpy as np
+
 from mlplug.device import DType, TensorRef, contiguous_strides
 
 __all__ = [

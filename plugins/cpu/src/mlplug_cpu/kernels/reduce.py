@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from mlplug.device import Node, TensorRef
 
+from mlplug.device import Node, TensorRef
 from mlplug_cpu.kernels.elementwise import tiled
 from mlplug_cpu.kernels.quant import commit, dest, load, raw, store
 
