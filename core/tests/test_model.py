@@ -195,13 +195,13 @@ def test_malformed_files_raise_gguf_error_and_leak_nothing(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("main", [0, 1])
 def test_inputs_on_two_gpus_gather_on_main_gpu(tmp_path: Path, main: int) -> None:
-    path = placement_model(tmp_path, blocks=2)
+    path = placement_model(tmp_path, blocks=4)
     plugin, devices = toy_plugin(2)
-    be = plugin.factory(str(path), BackendParams(num_gpu_layers=3, main_gpu=main,
+    be = plugin.factory(str(path), BackendParams(num_gpu_layers=4, main_gpu=main,
                                                  tensor_split=(1, 1)))
     ctx = be.new_context()
-    a = ctx.layer(0).from_float_slice([1, 2, 3], 3)  # layer 0 -> TOY0
-    b = ctx.layer(1).from_float_slice([10, 20, 30], 3)  # layer 1 -> TOY1
+    a = ctx.layer(0).from_float_slice([1, 2, 3], 3)  # layers 0-1 -> TOY0
+    b = ctx.layer(2).from_float_slice([10, 20, 30], 3)  # layers 2-3 -> TOY1
     assert (a._storage.device, b._storage.device) == (1, 2)
     y = a.add(ctx, b)
     ctx.forward(y).compute(y)
