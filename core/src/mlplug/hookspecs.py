@@ -13,7 +13,12 @@ import pluggy
 
 hookspec = pluggy.HookspecMarker("mlplug")
 
-__all__ = ["hookspec", "mlplug_add_commands", "mlplug_register_backends"]
+__all__ = [
+    "hookspec",
+    "mlplug_add_commands",
+    "mlplug_memory_settings",
+    "mlplug_register_backends",
+]
 
 
 @hookspec
@@ -31,4 +36,24 @@ def mlplug_add_commands(subparsers: Any) -> None:
     """Add subcommands to the ``mlplug`` command line (an ``argparse`` subparsers object).
 
     Each subparser must set ``func=callable(args) -> int`` with ``set_defaults``.
+    """
+
+
+@hookspec(firstresult=True)
+def mlplug_memory_settings(backend: str, gpus: int, gpu_memory: int | None,
+                           cpu_memory: int | None) -> dict[str, str] | None:
+    """Say how to make ``backend`` present ``gpus`` GPUs and memory caps, for testing.
+
+    The conformance suite's memory mode uses this to test placement with 0..3 GPUs and
+    out-of-memory behaviour on any plugin. Return ``None`` for another plugin's backend, or when
+    the plugin cannot present that configuration (e.g. real hardware with a fixed GPU count).
+
+    Args:
+        backend: The backend name.
+        gpus: How many GPUs the backend should present (simulated where need be).
+        gpu_memory: Cap in bytes for each GPU, or ``None`` for no cap.
+        cpu_memory: Cap in bytes for the CPU device, or ``None`` for no cap.
+
+    Returns:
+        Environment variables to set (an empty value means unset) before creating the backend.
     """

@@ -42,3 +42,17 @@ PLUGIN = EnginePlugin(
 def mlplug_register_backends(registry: Registry) -> None:
     """Register the ``cpu`` backend."""
     PLUGIN.register(registry)
+
+
+@hookimpl
+def mlplug_memory_settings(backend: str, gpus: int, gpu_memory: int | None,
+                           cpu_memory: int | None) -> dict[str, str] | None:
+    """Present ``gpus`` simulated GPUs and caps through the plugin's environment variables."""
+    if backend != PLUGIN.name:
+        return None
+    # Simulated GPUs always have a cap (it is their total memory); 1 TiB stands for "no cap".
+    cap = gpu_memory if gpu_memory is not None else 1 << 40
+    return {
+        "MLPLUG_CPU_SIMULATED_GPUS": f"{gpus}:{cap}" if gpus else "",
+        "MLPLUG_CPU_MEMORY_LIMIT": str(cpu_memory) if cpu_memory is not None else "",
+    }
