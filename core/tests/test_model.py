@@ -209,3 +209,36 @@ def test_inputs_on_two_gpus_gather_on_main_gpu(tmp_path: Path, main: int) -> Non
     assert devices[1 + main].executed == ["add"]
     assert devices[2 - main].executed == []
     be.close()
+
+
+def _swap_block_scales(packed: np.ndarray, dtype: DType) -> np.ndarray:
+    """Make a little-endian quantised tensor's bytes big-endian (swap each block's fp16 d)."""
+    blocks = packed.reshape(-1, dtype.type_size).copy()
+    blocks[:, :2] = blocks[:, 1::-1]
+    return blocks.reshape(packed.shape)
+
+
+@pytest.mark.parametrize("dtype", [DType.F32, DType.F16, DType.Q8_0, DType.Q4_0])
+def test_big_endian_files_load_the_same_values(tmp_path: Path, dtype: DType) -> None:
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((4, 64)).astype(np.float32)
+    little = synth.encode(values, dtype)
+    stored = _swap_block_scales(little, dtype) if dtype.is_block else little
+    le = synth.write_gguf(tmp_path / "le.gguf", [("w", little, dtype)])
+    be_path = synth.write_gguf(tmp_path / "be.gguf", [("w", stored, dtype)], big_endian=True)
+    results = []
+    for path in (le, be_path):
+        be, _ = backend(path)
+        be.load()
+        results.append(be.get("w").floats())
+        be.close()
+    assert np.array_equal(results[0], results[1])
+    assert np.allclose(results[0], values.reshape(-1), atol=0.3)
+
+
+def test_big_endian_k_quants_are_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = synth.random_weight(rng, (2, 256), DType.Q4_K)
+    path = synth.write_gguf(tmp_path / "bk.gguf", [("w", data, DType.Q4_K)], big_endian=True)
+    with pytest.raises(GGUFError, match=r"'w': big-endian Q4_K"):
+        backend(path)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlplug.config import Config
 from mlplug.device import Buffer, DeviceOutOfMemory, SupportsWeightUpload, TensorRef
+from mlplug.dtype import DType
 from mlplug.errors import ErrNoMem, GGUFError, LoadCancelledError
 from mlplug.gguf import GGUFFile, TensorInfo
 from mlplug.memory import AllocationStatus
@@ -31,6 +32,33 @@ __all__ = ["CHUNK", "Model"]
 
 CHUNK = 16 * 1024 * 1024
 """Largest piece copied between two cancellation checks."""
+
+# Big-endian files store every multi-byte number big-endian, the scales inside quantised
+# blocks included. Bytes to swap at the start of each block, for the block types we convert.
+_BLOCK_SWAPS: dict[DType, tuple[int, ...]] = {DType.Q8_0: (2,), DType.Q4_0: (2,),
+                                              DType.Q4_1: (2, 2)}
+
+
+def _swappable(dtype: DType) -> bool:
+    return not dtype.is_block or dtype in _BLOCK_SWAPS
+
+
+def _to_little_endian(data: memoryview, dtype: DType) -> bytes:
+    """Return a big-endian file's tensor bytes in the little-endian layout devices expect."""
+    import numpy as np
+
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if not dtype.is_block:
+        size = dtype.type_size
+        if size == 1:
+            return raw.tobytes()
+        return raw.view(f">u{size}").astype(f"<u{size}").tobytes()
+    blocks = raw.reshape(-1, dtype.type_size).copy()
+    start = 0
+    for width in _BLOCK_SWAPS[dtype]:
+        blocks[:, start:start + width] = blocks[:, start:start + width][:, ::-1]
+        start += width
+    return blocks.tobytes()
 
 
 @dataclass(slots=True)
@@ -66,8 +94,22 @@ class Model:
 
     @classmethod
     def open(cls, path: str) -> Model:
-        """Open and validate ``path`` (no tensor data is read)."""
-        return cls(GGUFFile.open(path))
+        """Open and validate ``path`` (no tensor data is read).
+
+        Raises:
+            GGUFError: Also for a big-endian file holding a block type whose inner layout this
+                loader cannot convert (anything but Q8_0, Q4_0 and Q4_1).
+        """
+        file = GGUFFile.open(path)
+        if file.byte_order == "big":
+            for t in file.tensors:
+                if not _swappable(t.dtype):
+                    file.close()
+                    raise GGUFError(
+                        f"[gguf] {path}: tensor {t.name!r}: big-endian {t.dtype.name} data is "
+                        "not supported (convert the file to little-endian)"
+                    )
+        return cls(file)
 
     def placements(self) -> list[tuple[Placement, TensorInfo]]:
         """Return every weight to create with the file tensor it is made from."""
@@ -150,20 +192,28 @@ class Model:
             device = backend.devices[w.device]
             buffer = storage.buffer
             assert buffer is not None
+            big = self.file.byte_order == "big"
             if isinstance(device, SupportsWeightUpload):
                 meta = w.tensor._meta
                 ref = TensorRef(buffer, storage.offset, meta.ne, meta.nb, meta.dtype)
-                device.upload_weight(ref, self.file.view(w.info.offset, w.info.nbytes))
+                data = self.file.view(w.info.offset, w.info.nbytes)
+                if big:
+                    data = memoryview(_to_little_endian(data, w.info.dtype))
+                device.upload_weight(ref, data)
                 self.file.release(w.info.offset, w.info.nbytes)
                 done += w.info.nbytes
                 if progress is not None and total:
                     progress(min(done / total, 1.0))
                 continue
-            for start in range(0, w.info.nbytes, CHUNK):
+            # Whole blocks per chunk, so that a byte swap never straddles two chunks.
+            chunk = CHUNK - CHUNK % w.info.dtype.type_size
+            for start in range(0, w.info.nbytes, chunk):
                 if start and _cancelled(cancel):
                     raise LoadCancelledError("load: cancelled")
-                n = min(CHUNK, w.info.nbytes - start)
-                buffer.write(storage.offset + start, self.file.view(w.info.offset + start, n))
+                n = min(chunk, w.info.nbytes - start)
+                data = self.file.view(w.info.offset + start, n)
+                buffer.write(storage.offset + start,
+                             _to_little_endian(data, w.info.dtype) if big else data)
                 # The bytes now live in device memory: drop the mapped pages from our RSS.
                 self.file.release(w.info.offset + start, n)
                 done += n
