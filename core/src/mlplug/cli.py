@@ -126,9 +126,9 @@ def _jsonable(value: object) -> object:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from mlplug import _demo
+    from mlplug import _run
 
-    return _demo.run(args)
+    return _run.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,15 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("run", help="run a model (or the bundled demo) and print tokens/s")
-    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled demo)")
+    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled demo model)")
     p.add_argument("-p", "--prompt", default="Hello")
-    p.add_argument("-n", "--n-predict", type=int, default=32)
+    p.add_argument("-n", "--n-predict", type=int, default=32, help="tokens to generate")
     p.add_argument("--backend", default=None)
     p.add_argument("--num-gpu-layers", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--flash-attention", action="store_true")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("-b", "--batch-size", type=int, default=512, help="largest prompt batch")
     p.set_defaults(func=_cmd_run)
 
     registry.hook().mlplug_add_commands(subparsers=sub)
