@@ -147,3 +147,31 @@ def test_run_model_file_on_simulated_gpus(
 def test_run_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(tmp_path / "nope.gguf"), "--backend", "cpu"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_run_reports_an_unsupported_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlplug_conformance import synth
+
+    path = synth.write_llama_gguf(
+        tmp_path / "m.gguf",
+        n_layers=1,
+        n_embd=32,
+        n_head=2,
+        n_head_kv=1,
+        n_ff=32,
+        n_vocab=8,
+        arch="gpt2",
+    )
+    assert main(["run", str(path), "--backend", "cpu"]) == 1
+    assert "unsupported architecture 'gpt2'" in capsys.readouterr().err
+
+
+def test_run_reports_out_of_memory(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLPLUG_CPU_SIMULATED_GPUS", "1:1MiB")
+    assert main(["run", "--backend", "cpu", "--num-gpu-layers", "99"]) == 1
+    captured = capsys.readouterr()
+    assert "(failed)" in captured.out and "insufficient memory" in captured.err

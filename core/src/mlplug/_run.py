@@ -51,15 +51,26 @@ def _load(backend: object, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``mlplug run`` with parsed ``args``; return the exit code."""
-    if args.model:
-        path = Path(args.model)
-        if not path.is_file():
-            print(f"mlplug run: {path}: no such file", file=sys.stderr)
-            return 2
-        return _run(args, path)
-    print(_DEMO_NOTE, file=sys.stderr)
-    with demo_model_path() as path:
-        return _run(args, path)
+    from mlplug.errors import ErrNoMem, MlplugError
+
+    try:
+        if args.model:
+            path = Path(args.model)
+            if not path.is_file():
+                print(f"mlplug run: {path}: no such file", file=sys.stderr)
+                return 2
+            return _run(args, path)
+        print(_DEMO_NOTE, file=sys.stderr)
+        with demo_model_path() as path:
+            return _run(args, path)
+    except ErrNoMem as err:
+        print(err.memory.summary())
+        print(f"mlplug run: {err}", file=sys.stderr)
+        return 1
+    except (MlplugError, ValueError, KeyError, OSError) as err:
+        # Unsupported or malformed models, unavailable backends: one line, no traceback.
+        print(f"mlplug run: {err}", file=sys.stderr)
+        return 1
 
 
 def _run(args: argparse.Namespace, path: Path) -> int:
