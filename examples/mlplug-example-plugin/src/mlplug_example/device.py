@@ -1,0 +1,183 @@
+"""The example device: host memory as numpy byte arrays, a memory cap, and the kernels.
+
+This is everything the core engine asks of a device (the :class:`mlplug.device.Device`
+protocol): memory (``alloc`` returning :class:`ExampleBuffer`, ``total_memory``,
+``free_memory``), a say on what it can run (``unsupported``) and execution (``execute``,
+``synchronize``, ``close``). Placement, scheduling, memory planning and the memory report are
+the engine's job.
+
+``MLPLUG_EXAMPLE_MEMORY_LIMIT=SIZE`` caps the bytes allocated and not yet freed; past the cap
+``alloc`` raises :class:`~mlplug.device.DeviceOutOfMemory`, which the engine turns into the
+user's ``ErrNoMem`` with a memory report.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+from mlplug.device import DeviceOutOfMemory, Node, parse_size
+
+from mlplug_example.kernels import KERNELS
+from mlplug_example.plugin import ENV_MEMORY_LIMIT
+
+__all__ = ["ExampleBuffer", "ExampleDevice"]
+
+
+class ExampleBuffer:
+    """A block of device memory: a numpy ``uint8`` array (:attr:`data`) the kernels view."""
+
+    __slots__ = ("_device", "data", "nbytes")
+
+    def __init__(self, device: ExampleDevice, nbytes: int) -> None:
+        self._device: ExampleDevice | None = device
+        self.data = np.zeros(nbytes, np.uint8)
+        self.nbytes = nbytes
+
+    def _check(self, offset: int, n: int) -> None:
+        if self._device is None:
+            raise ValueError("[example] buffer used after free()")
+        if offset < 0 or n < 0 or offset + n > self.nbytes:
+            raise ValueError(f"[example] bytes [{offset}, {offset + n}) outside {self.nbytes}")
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Copy host bytes into the buffer at ``offset``."""
+        src = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+        self._check(offset, src.size)
+        self.data[offset : offset + src.size] = src
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Return ``n`` bytes starting at ``offset`` (execution is synchronous: nothing to wait)."""
+        self._check(offset, n)
+        return self.data[offset : offset + n].tobytes()
+
+    def free(self) -> None:
+        """Give the memory back to the device. Idempotent."""
+        if self._device is not None:
+            self._device._released(self)
+            self._device = None
+            self.data = np.zeros(0, np.uint8)
+
+
+def _system_memory(pages: str) -> int:
+    try:
+        return int(os.sysconf(pages)) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError):
+        return 0
+
+
+class ExampleDevice:
+    """The host CPU, running :data:`~mlplug_example.kernels.KERNELS` with numpy.
+
+    Args:
+        memory_limit: Cap in bytes on memory allocated and not yet freed; ``None``: no cap.
+    """
+
+    # A plugin returns exactly one device of kind "cpu" (first); by convention it is "CPU".
+    name = "CPU"
+    id = "example-cpu"
+    kind = "cpu"
+    alignment = 64  # the engine rounds every accounted size up to this
+
+    def __init__(self, memory_limit: int | None = None) -> None:
+        if memory_limit is not None and memory_limit < 0:
+            raise ValueError(f"[example] memory_limit must be >= 0, got {memory_limit}")
+        self.memory_limit = memory_limit
+        self.allocated = 0
+        self._live: set[ExampleBuffer] = set()
+        self._lock = threading.Lock()  # backends on several threads share nothing else
+
+    @classmethod
+    def from_env(cls) -> ExampleDevice:
+        """Return the device with the cap that ``MLPLUG_EXAMPLE_MEMORY_LIMIT`` asks for."""
+        text = os.environ.get(ENV_MEMORY_LIMIT, "").strip()
+        try:
+            return cls(parse_size(text) if text else None)
+        except ValueError as err:
+            raise ValueError(f"{ENV_MEMORY_LIMIT}={text!r}: {err}") from err
+
+    def __repr__(self) -> str:
+        return f"ExampleDevice(limit={self.memory_limit}, allocated={self.allocated})"
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    def total_memory(self) -> int:
+        """Return the cap when one is set, else the machine's physical memory."""
+        if self.memory_limit is not None:
+            return self.memory_limit
+        return _system_memory("SC_PHYS_PAGES")
+
+    def free_memory(self) -> int:
+        """Return the bytes left under the cap, else the memory the system has available."""
+        if self.memory_limit is not None:
+            return max(0, self.memory_limit - self.allocated)
+        return _system_memory("SC_AVPHYS_PAGES")
+
+    def alloc(self, nbytes: int) -> ExampleBuffer:
+        """Allocate ``nbytes`` zeroed bytes.
+
+        Raises:
+            DeviceOutOfMemory: They do not fit under the cap, or the system has no memory left.
+        """
+        if nbytes < 0:
+            raise ValueError(f"[example] cannot allocate {nbytes} bytes")
+        with self._lock:
+            if self.memory_limit is not None and self.allocated + nbytes > self.memory_limit:
+                raise DeviceOutOfMemory(self.name, nbytes, self.free_memory())
+            self.allocated += nbytes
+        try:
+            buffer = ExampleBuffer(self, nbytes)
+        except MemoryError as err:
+            with self._lock:
+                self.allocated -= nbytes
+            raise DeviceOutOfMemory(self.name, nbytes, self.free_memory()) from err
+        with self._lock:
+            self._live.add(buffer)
+        return buffer
+
+    def _released(self, buffer: ExampleBuffer) -> None:
+        with self._lock:
+            self.allocated -= buffer.nbytes
+            self._live.discard(buffer)
+
+    # -- execution ------------------------------------------------------------------------------
+
+    def unsupported(self, node: Node) -> str | None:
+        """Return ``None`` if a kernel handles ``node``'s op and dtypes, else why not.
+
+        Called at scheduling time (``ctx.forward``) with refs that have no buffer: only the op,
+        dtypes, extents, strides and params can be looked at. On the CPU device a refusal
+        makes ``forward`` raise ``UnsupportedOpError`` with this reason; the conformance suite
+        reports the case as "unsupported" with it.
+        """
+        kernel = KERNELS.get(node.op)
+        if kernel is None:
+            return f"[example] {node.op}: op not implemented by mlplug-example"
+        for ref in (node.out, *node.srcs):
+            if ref is not None and ref.dtype not in kernel.dtypes:
+                accepted = ", ".join(sorted(d.name for d in kernel.dtypes))
+                return (
+                    f"[example] {node.op}: {ref.dtype.name} not implemented by "
+                    f"mlplug-example (only {accepted})"
+                )
+        return None
+
+    def execute(self, nodes: Sequence[Node]) -> None:
+        """Run each node's kernel, in order, before returning.
+
+        IEEE rules apply (``x/0`` is ±inf, NaN propagates), so numpy's floating-point warnings
+        are silenced.
+        """
+        with np.errstate(all="ignore"):
+            for node in nodes:
+                KERNELS[node.op].run(node)
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: :meth:`execute` is synchronous."""
+
+    def close(self) -> None:
+        """Free any buffer still allocated (the engine has normally freed them all)."""
+        for buffer in list(self._live):
+            buffer.free()
