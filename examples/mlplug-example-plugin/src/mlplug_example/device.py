@@ -147,10 +147,11 @@ class ExampleDevice:
     def unsupported(self, node: Node) -> str | None:
         """Return ``None`` if a kernel handles ``node``'s op and dtypes, else why not.
 
-        Called at scheduling time (``ctx.forward``) with refs that have no buffer: only the op,
-        dtypes, extents, strides and params can be looked at. On the CPU device a refusal
-        makes ``forward`` raise ``UnsupportedOpError`` with this reason; the conformance suite
-        reports the case as "unsupported" with it.
+        Called when the engine schedules a graph (in ``compute`` or ``reserve``) with refs that
+        have no buffer: only the op, dtypes, extents, strides and params can be looked at. On
+        the CPU device a refusal makes ``compute`` raise ``UnsupportedOpError`` with this
+        reason (a GPU device's refusal would move the node to the CPU device instead); the
+        conformance suite reports the case as "unsupported" with it.
         """
         kernel = KERNELS.get(node.op)
         if kernel is None:

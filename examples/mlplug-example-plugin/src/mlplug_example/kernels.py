@@ -6,9 +6,9 @@ goes, each a :class:`~mlplug.device.TensorRef` (a byte-strided window into one o
 buffers). The ops table has already checked shapes and dtypes, so kernels do not re-validate.
 
 Everything here works in **numpy order**: a ggml ``[ne0, ne1, ne2, ne3]`` tensor is the array of
-shape ``(ne3, ne2, ne1, ne0)``, so dim 0 (rows) is numpy's last axis. Each ``np_*`` line in
-SEMANTICS §5 is the numpy meaning of one op; these kernels follow them, computing in F32 and
-rounding once into the output's dtype.
+shape ``(ne3, ne2, ne1, ne0)``, so dim 0 (rows) is numpy's last axis. The kernels follow the
+numpy-order equivalents of SEMANTICS §5, computing in F32 and rounding once into the output's
+dtype.
 
 :data:`KERNELS` maps each supported op to its function and to the dtypes it handles; every other
 op or dtype is declared unsupported by :meth:`ExampleDevice.unsupported`.
@@ -156,7 +156,7 @@ def binary(node: Node) -> None:
 def mulmat(node: Node) -> None:
     """``B @ rep(A)ᵀ``: ``a`` block-repeated over ``b``'s batch dims (grouped-query attention).
 
-    The product runs in float32 (BLAS SGEMM), so it also meets ``mulmat_full_prec``'s demand
+    The product runs in float32 (numpy's matmul), so it also meets ``mulmat_full_prec``'s demand
     of F32 accumulation.
     """
     a, b = values(operand(node, 0)), values(operand(node, 1))
