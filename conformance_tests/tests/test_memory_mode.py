@@ -48,3 +48,10 @@ def test_wrong_failure_status_is_caught(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(books.Books, "mark_weights", never_failed)
     assert statuses(run_memory_mode("cpu"))["memory/out-of-memory"] == "FAIL"
+
+
+def test_cpu_only_plugin_checks_out_of_memory_on_its_cpu_cap() -> None:
+    got = statuses(run_memory_mode("example"))
+    assert got["memory/out-of-memory"] == "pass"
+    assert got["memory/placement/2-gpus"] == "skipped"
+    assert got["memory/load"] == "pass"

@@ -233,16 +233,14 @@ class _Runner:
                      + 3 * N_EMBD * N_FF) * 4
         env = _settings(self.backend, 2, gpu_memory=int(per_layer * 1.5))
         if env is None:
-            return "skipped: the plugin has no memory-cap setting (mlplug_memory_settings)"
+            return self.out_of_memory_cpu(per_layer)
         params = BackendParams(num_gpu_layers=BLOCKS, tensor_split=(1, 3))
         with _environment(env):
             try:
                 mlplug.new_backend(str(self.f32), params, backend=self.backend).close()
             except ErrNoMem as err:
                 mem = err.memory
-                _check(isinstance(err, MemoryError), "ErrNoMem is not a MemoryError")
-                _check(str(err) == f"insufficient memory - required allocations: {mem}",
-                       f"message: {err}")
+                self.error_form(err)
                 statuses = [{m.status for m in g.weights if m.size} for g in mem.gpus]
                 _check(statuses[0] == {A} and F in statuses[1],
                        f"expected GPU0 allocated and GPU1 failed: {mem}")
@@ -253,22 +251,56 @@ class _Runner:
             # fails cleanly and the backend still computes.
             be = mlplug.new_backend(str(self.f32), BackendParams(num_gpu_layers=1),
                                     backend=self.backend)
-            be.load()
-            ctx = be.new_context()
-            try:
-                ctx.layer(BLOCKS - 1).zeros(DType.F32, per_layer)
-            except ErrNoMem as err:
-                cache = err.memory.gpus[0].cache[BLOCKS - 1]
-                _check(cache.status is F and cache.size >= per_layer * 4,
-                       f"cache entry after a failed buffer: {cache}")
-            else:
-                raise _Fail("no ErrNoMem for a cache buffer over the GPU cap")
-            small = ctx.layer(BLOCKS - 1).from_float_slice([1.0, 2.0], 2)
-            out = small.scale(ctx, 2.0)
-            ctx.forward(out).compute(out)
-            _check(out.floats().tolist() == [2.0, 4.0], "backend unusable after ErrNoMem")
-            be.close()
+            self.cache_over_cap(be, BLOCKS - 1, per_layer, gpu=True)
         return None
+
+    def out_of_memory_cpu(self, per_layer: int) -> str | None:
+        """The same contract on a plugin that can only cap its CPU device."""
+        total = per_layer * (BLOCKS + 1) + N_EMBD * N_VOCAB * 4 * 2
+        env = _settings(self.backend, 0, cpu_memory=total // 2)
+        if env is None:
+            return "skipped: the plugin has no memory-cap setting (mlplug_memory_settings)"
+        with _environment(env):
+            try:
+                mlplug.new_backend(str(self.f32), BackendParams(),
+                                   backend=self.backend).close()
+            except ErrNoMem as err:
+                mem = err.memory
+                self.error_form(err)
+                _check(mem.input_weights.status is F and
+                       all(m.status is F for m in mem.cpu.weights if m.size),
+                       f"expected the CPU weights FAILED: {mem}")
+            else:
+                raise _Fail("no ErrNoMem for weights over the CPU cap")
+        with _environment(_settings(self.backend, 0, cpu_memory=total * 2)):
+            be = mlplug.new_backend(str(self.f32), BackendParams(), backend=self.backend)
+            self.cache_over_cap(be, 1, total, gpu=False)
+        return None
+
+    @staticmethod
+    def error_form(err: ErrNoMem) -> None:
+        _check(isinstance(err, MemoryError), "ErrNoMem is not a MemoryError")
+        _check(str(err) == f"insufficient memory - required allocations: {err.memory}",
+               f"message: {err}")
+
+    @staticmethod
+    def cache_over_cap(be: mlplug.Backend, layer: int, elements: int, *, gpu: bool) -> None:
+        be.load()
+        ctx = be.new_context()
+        try:
+            ctx.layer(layer).zeros(DType.F32, elements)
+        except ErrNoMem as err:
+            dev = err.memory.gpus[0] if gpu else err.memory.cpu
+            cache = dev.cache[layer]
+            _check(cache.status is F and cache.size >= elements * 4,
+                   f"cache entry after a failed buffer: {cache}")
+        else:
+            raise _Fail("no ErrNoMem for a cache buffer over the cap")
+        small = ctx.layer(layer).from_float_slice([1.0, 2.0], 2)
+        out = small.scale(ctx, 2.0)
+        ctx.forward(out).compute(out)
+        _check(out.floats().tolist() == [2.0, 4.0], "backend unusable after ErrNoMem")
+        be.close()
 
     def load(self) -> str | None:
         from gguf import GGUFReader
