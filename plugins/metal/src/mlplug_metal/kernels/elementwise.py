@@ -1,0 +1,110 @@
+"""Element-wise kernels: unary ops, ``scale``, ``clamp`` and the tiled binary ops.
+
+SEMANTICS §5.2-§5.3. Every op computes in F32 and rounds once to the result dtype. Binary ops
+**tile** ``b`` over ``a`` (``b.ne[i]`` divides ``a.ne[i]``), which broadcasting does not do by
+itself: :func:`tiled` splits each dim where ``b`` repeats into ``(repeats, b.ne[i])`` so that
+plain broadcasting over the ``repeats`` axis performs the tiling without materialising it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlx.core as mx
+
+from mlplug.device import Node, TensorRef
+from mlplug_metal.kernels.quant import load, store
+
+__all__ = ["KERNELS", "tiled"]
+
+Fn = Callable[[mx.array], mx.array]
+
+
+def _tile_shapes(
+    a_shape: tuple[int, ...], b_shape: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    sa: list[int] = []
+    sb: list[int] = []
+    for x, y in zip(a_shape, b_shape, strict=True):
+        if y in (x, 1):
+            sa.append(x)
+            sb.append(y)
+        else:
+            sa += [x // y, y]
+            sb += [1, y]
+    return tuple(sa), tuple(sb)
+
+
+def tiled(f: Callable[[mx.array, mx.array], mx.array], x: mx.array, y: mx.array) -> mx.array:
+    """Return ``f(x, tile(y))`` (SEMANTICS §5.2); ``y``'s extents divide ``x``'s."""
+    sa, sb = _tile_shapes(tuple(x.shape), tuple(y.shape))
+    if sa == tuple(x.shape):
+        return f(x, y)
+    return f(x.reshape(sa), y.reshape(sb)).reshape(x.shape)
+
+
+def _src(node: Node, i: int = 0) -> TensorRef:
+    ref = node.srcs[i]
+    if ref is None:
+        raise ValueError(f"[{node.op}] operand {i} is missing")
+    return ref
+
+
+def _binary(f: Callable[[mx.array, mx.array], mx.array]) -> Callable[[Node], None]:
+    def kernel(node: Node) -> None:
+        if node.out.n == 0:
+            return
+        store(node.out, tiled(f, load(_src(node, 0)), load(_src(node, 1))))
+
+    return kernel
+
+
+def _gelu(x: mx.array) -> mx.array:
+    # Tanh form, SEMANTICS §5.3: 0.5·x·(1 + tanh(0.7978845608·x·(1 + 0.044715·x²))).
+    inner = (x * (x * x * 0.044715 + 1.0)) * 0.7978845608
+    return x * (mx.tanh(inner) + 1.0) * 0.5
+
+
+_UNARY: dict[str, Fn] = {
+    "neg": mx.negative,
+    "sin": mx.sin,
+    "cos": mx.cos,
+    "tanh": mx.tanh,
+    "sqr": mx.square,
+    "sqrt": mx.sqrt,
+    "relu": lambda x: mx.maximum(x, 0.0),
+    "gelu": _gelu,
+    "silu": lambda x: x / (mx.exp(-x) + 1.0),
+    "sigmoid": lambda x: 1.0 / (mx.exp(-x) + 1.0),
+}
+
+
+def _unary(f: Fn) -> Callable[[Node], None]:
+    def kernel(node: Node) -> None:
+        if node.out.n == 0:
+            return
+        store(node.out, f(load(_src(node))))
+
+    return kernel
+
+
+def _scale(node: Node) -> None:
+    s = mx.array(node.params["s"], mx.float32)
+    _unary(lambda x: x * s)(node)
+
+
+def _clamp(node: Node) -> None:
+    lo = mx.array(node.params["lo"], mx.float32)
+    hi = mx.array(node.params["hi"], mx.float32)
+    _unary(lambda x: mx.maximum(mx.minimum(x, hi), lo))(node)
+
+
+KERNELS: dict[str, Callable[[Node], None]] = {
+    **{name: _unary(f) for name, f in _UNARY.items()},
+    "scale": _scale,
+    "clamp": _clamp,
+    "add": _binary(mx.add),
+    "sub": _binary(mx.subtract),
+    "mul": _binary(mx.multiply),
+    "div": _binary(mx.divide),
+}
