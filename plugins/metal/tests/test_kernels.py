@@ -134,6 +134,10 @@ CASES.update(
         "rows/f16-batched": _case("rows", _t(41, 2, 4, 2, dtype=DType.F16), _i(42, 4, 3, 2)),
         "rows/q4_0": _case("rows", _t(43, 32, 5, dtype=DType.Q4_0), _i(44, 5, 4)),
         "rows/i32": _case("rows", _i(45, 100, 3, 4), _i(46, 4, 2)),
+        "rows/i8": _case("rows", _t(47, 5, 4, dtype=DType.I8, scale=50.0), _i(48, 4, 3)),
+        "contiguous/i8-permuted": _case(
+            "contiguous", _perm(_t(49, 3, 4, dtype=DType.I8, scale=50.0), 1, 0, 2, 3)
+        ),
         "arange/f32": _case("arange", start=0.0, stop=1.0, step=0.3, dtype=DType.F32),
         "arange/i32-negative": _case("arange", start=5.0, stop=-3.0, step=-1.5, dtype=DType.I32),
         "mulmat/f32-gqa": _case("mulmat", _t(50, 8, 5, 2), _t(51, 8, 3, 4)),

@@ -91,7 +91,7 @@ def raw(ref: TensorRef) -> mx.array:
     if ref.dtype.is_block:
         return mx.as_strided(window, shape, (nb[3], nb[2], nb[1], nb[0], 1), 0)
     size = ref.dtype.type_size
-    typed = window if size == 1 else mx.view(window, stored)
+    typed = window if stored == mx.uint8 else mx.view(window, stored)
     if ref.contiguous:
         return typed.reshape(shape)
     return mx.as_strided(
@@ -475,10 +475,9 @@ def store_raw(ref: TensorRef, stored: mx.array) -> None:
     # A strided window: scatter into the bytes it spans.
     unit = 1 if ref.dtype.is_block else ref.dtype.type_size
     window = buffer.window(lo, hi)
-    typed = window if unit == 1 else mx.view(window, dtype)
-    typed = mx.contiguous(typed)
+    typed = mx.contiguous(window if dtype == mx.uint8 else mx.view(window, dtype))
     typed[_element_index(ref, unit)] = stored.reshape(-1)
-    buffer.put(lo, typed if unit == 1 else mx.view(typed, mx.uint8))
+    buffer.put(lo, typed if dtype == mx.uint8 else mx.view(typed, mx.uint8))
 
 
 def store(ref: TensorRef, values: mx.array | float) -> None:
