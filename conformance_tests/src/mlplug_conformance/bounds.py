@@ -12,7 +12,8 @@ For an element with exact reference value ``r`` the bound is
   worked-out propagation for the non-linear ones (softmax, norms, variance, stddev, attention).
 
 Exact ops (``Tolerance.exact``) get bound 0 against the reference rounded to the result dtype.
-``gelu`` also gets the tolerance §5.3 states (``1e-3·|gelu(x)| + 1e-4``, for lookup tables).
+Ops that declare a floor (``gelu``: §5.3's ``1e-3·|gelu(x)| + 1e-4``, for lookup tables) get
+at least that.
 The NMSE cap is ``max(tolerance.nmse, eps²)``.
 """
 
@@ -70,8 +71,8 @@ def element_bound(
         else:
             scale = np.abs(exact)
         bound = tol.eps_mult * eps * np.broadcast_to(scale, exact.shape) + tol.abs_eps * eps
-        if op == "gelu":
-            bound = np.maximum(bound, 1e-3 * np.abs(exact) + 1e-4)
+        if tol.rel_floor or tol.abs_floor:
+            bound = np.maximum(bound, tol.rel_floor * np.abs(exact) + tol.abs_floor)
     return np.nan_to_num(np.asarray(bound, dtype=np.float64), nan=np.inf, posinf=np.inf)
 
 

@@ -124,7 +124,9 @@ class Tolerance:
     The per-element bound is ``eps_mult · eps(dtype) · scale + abs_eps · eps(dtype)``, where
     ``scale`` is ``|ref|`` for element-wise ops and the magnitude of the summed terms times
     ``sqrt(K)`` for reductions and products (``reduction=True``). ``nmse`` caps the normalised
-    mean squared error over the whole output. ``exact`` ops must match to the bit.
+    mean squared error over the whole output. ``exact`` ops must match to the bit. An op whose
+    semantics allow a fixed approximation (``gelu``, §5.3) also declares a dtype-independent
+    floor: the bound is at least ``rel_floor · |ref| + abs_floor``.
     """
 
     eps_mult: float = 4.0
@@ -132,6 +134,8 @@ class Tolerance:
     reduction: bool = False
     nmse: float = 1e-6
     exact: bool = False
+    rel_floor: float = 0.0
+    abs_floor: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -765,7 +769,8 @@ _UNARY_TOL = {
     "sqrt": _ELEM,
     "scale": _ELEM,
     "clamp": _EXACT,
-    "gelu": Tolerance(eps_mult=4.0, abs_eps=4.0),
+    # §5.3: implementations may approximate (e.g. an fp16 lookup table) within this.
+    "gelu": Tolerance(eps_mult=4.0, abs_eps=4.0, rel_floor=1e-3, abs_floor=1e-4),
 }
 
 _TABLE: list[OpDef] = [
