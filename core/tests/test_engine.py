@@ -389,3 +389,21 @@ def test_backend_without_model(toy: mlplug.Backend) -> None:
     assert toy.get("token_embd.weight") is None
     assert toy.config().architecture() == "unknown"
     assert toy.cache_config() == mlplug.CacheConfig(32, True, DType.OTHER, 0)
+
+
+def test_out_of_memory_while_executing_becomes_errnomem() -> None:
+    class Lazy(ToyDevice):
+        def execute(self, nodes):  # type: ignore[no-untyped-def]
+            raise mlplug.device.DeviceOutOfMemory(self.name, 1 << 30, 0)
+
+    plugin = mlplug.device.EnginePlugin(
+        "lazy", lambda p: [ToyDevice("CPU", "cpu"), Lazy("LAZY0", "gpu")])
+    backend = plugin.factory(None, BackendParams(num_gpu_layers=1))
+    ctx = backend.new_context()
+    y = ctx.layer(0).from_float_slice([1.0], 1).neg(ctx)
+    ctx.forward(y)
+    with pytest.raises(ErrNoMem) as info:
+        ctx.compute(y)
+    assert info.value.memory.gpus[0].graph.status is F
+    assert info.value.memory.gpus[0].graph.size == 1 << 30
+    backend.close()

@@ -80,15 +80,21 @@ hookimpl = pluggy.HookimplMarker("mlplug")
 
 
 class DeviceOutOfMemory(MemoryError):
-    """Raised by :meth:`Device.alloc` when the allocation does not fit (cap or hardware).
+    """Raised when device memory runs out (cap or hardware).
+
+    :meth:`Device.alloc` raises it when an allocation does not fit. A device that takes memory
+    lazily (MLX evaluates arrays inside ``execute``/``synchronize``) may raise it from those
+    too; the engine turns either into ``ErrNoMem`` with the memory report.
 
     Attributes:
+        device: The device's ``name``.
         requested: Bytes asked for.
         free: Bytes the device had free (under its cap) at the request.
     """
 
     def __init__(self, device: str, requested: int, free: int) -> None:
         super().__init__(f"[{device}] cannot allocate {requested} bytes ({free} bytes free)")
+        self.device = device
         self.requested = requested
         self.free = free
 

@@ -345,9 +345,16 @@ class GraphBackend:
             if plan.reads_weights and not self._loaded:
                 raise NotComputedError("compute: the graph reads weights before load() returned")
             self._ensure_arenas(plan.arena)
-            self._execute(plan)
-            for device in self.devices:
-                device.synchronize()
+            try:
+                self._execute(plan)
+                for device in self.devices:
+                    device.synchronize()
+            except DeviceOutOfMemory as err:
+                # A device that allocates lazily ran out while executing: report it as the
+                # graph memory of that device having failed.
+                index = next((i for i, d in enumerate(self.devices) if d.name == err.device), 0)
+                self._books.set_graph(index, max(self._arena_size[index], err.requested), _F)
+                raise ErrNoMem(self._books.snapshot()) from err
             for t in outputs:
                 root = t._root or t
                 if root._op is None:
