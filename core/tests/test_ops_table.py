@@ -9,7 +9,14 @@ from mlplug.dtype import FLOAT
 from mlplug.ops import OPS
 
 # SEMANTICS §5.1 (every op of the summary table) and §4.3 (arange, a Context op).
-SPEC_OPS = ["neg", "sin", "cos", "tanh", "gelu", "silu", "relu", "sigmoid", "sqr", "sqrt", "scale", "clamp", "add", "sub", "mul", "div", "mulmat", "mulmat_full_prec", "mulmat_id", "softmax", "layer_norm", "rms_norm", "sum_rows", "mean", "variance", "stddev", "reshape", "view", "permute", "contiguous", "duplicate", "copy", "set", "pad", "concat", "stack", "repeat", "rows", "argsort", "topk", "conv_2d", "im2col", "avg_pool_2d", "scaled_dot_product_attention", "arange"]
+SPEC_OPS = [
+    "neg", "sin", "cos", "tanh", "gelu", "silu", "relu", "sigmoid", "sqr", "sqrt", "scale",
+    "clamp", "add", "sub", "mul", "div", "mulmat", "mulmat_full_prec", "mulmat_id", "softmax",
+    "layer_norm", "rms_norm", "sum_rows", "mean", "variance", "stddev", "reshape", "view",
+    "permute", "contiguous", "duplicate", "copy", "set", "pad", "concat", "stack", "repeat",
+    "rows", "argsort", "topk", "conv_2d", "im2col", "avg_pool_2d",
+    "scaled_dot_product_attention", "arange",
+]
 
 
 def test_the_table_holds_exactly_the_spec_ops() -> None:
