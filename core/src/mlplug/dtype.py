@@ -85,25 +85,16 @@ class DType(IntEnum):
     TQ1_0 = 30
     TQ2_0 = 31
 
-    @property
-    def ggml_type(self) -> int:
-        """The GGUF/ggml type id (-1 for ``OTHER``)."""
-        return _TABLE[self.value][0]
-
-    @property
-    def block_size(self) -> int:
-        """Elements per block ``B`` (1 for non-block types, 0 for ``OTHER``)."""
-        return _TABLE[self.value][1]
-
-    @property
-    def type_size(self) -> int:
-        """Bytes per block ``S`` (the element size for non-block types)."""
-        return _TABLE[self.value][2]
-
-    @property
-    def is_block(self) -> bool:
-        """Whether elements are stored in blocks of more than one (quantised types)."""
-        return self.block_size > 1
+    # Set once per member after the class is made (see the end of the module): plain attributes
+    # rather than properties, because the graph builder reads them for every node.
+    ggml_type: int
+    """The GGUF/ggml type id (-1 for ``OTHER``)."""
+    block_size: int
+    """Elements per block ``B`` (1 for non-block types, 0 for ``OTHER``)."""
+    type_size: int
+    """Bytes per block ``S`` (the element size for non-block types)."""
+    is_block: bool
+    """Whether elements are stored in blocks of more than one (quantised types)."""
 
     def nbytes(self, n: int) -> int:
         """Return the packed size in bytes of ``n`` elements: ``n // B * S``."""
@@ -119,6 +110,10 @@ class DType(IntEnum):
         except KeyError:
             raise ValueError(f"unknown ggml type id {ggml_type}") from None
 
+
+for _member in DType:
+    _member.ggml_type, _member.block_size, _member.type_size = _TABLE[_member.value]
+    _member.is_block = _member.block_size > 1
 
 _BY_GGML: dict[int, DType] = {d.ggml_type: d for d in DType if d is not DType.OTHER}
 
