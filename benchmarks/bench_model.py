@@ -1,0 +1,346 @@
+"""Model speed: a llama-shaped 1.1B model through mlplug (cpu) and llama.cpp, side by side.
+
+Generates (or reuses, with ``--keep DIR``) a GGUF with TinyLlama-1.1B's shape (22 layers, hidden
+2048, 32 query / 4 key-value heads, ff 5632, vocab 32000) and random weights of each requested
+type, with a minimal SentencePiece-style vocabulary so that llama.cpp accepts the file. Then, in a
+fresh process per side and with the same thread count:
+
+* **prompt**: one batch of ``--prompt`` token ids (default 512) from an empty cache, best of
+  ``--repeats``;
+* **decode**: ``--decode`` single-token steps (default 128) continuing that sequence, stopped
+  early once ``--decode-budget`` seconds are spent (the table says how many steps ran).
+
+Token ids are fed directly (no tokenizer, no sampling). llama.cpp runs through
+``llama-cpp-python`` (``pip install -r benchmarks/requirements.txt``): ``Llama.eval`` with
+``n_batch = n_ubatch = 512``; mlplug through :class:`mlplug.models.llama.Llama` with a
+:class:`mlplug.kvcache.Causal` cache on the ``cpu`` backend, ``BackendParams(num_threads=N)``.
+
+The same run measures the two floors (DESIGN §7): this machine's memory bandwidth (a numpy copy
+of 512 MiB, read + write bytes counted) and its BLAS F32 peak (a numpy matmul of the prompt's
+largest shape with N threads); decode floor = weight bytes read per token / bandwidth, prompt
+floor = 2·params·n_prompt FLOPs / peak. ``--profile`` adds a cProfile of one mlplug decode step
+and one prompt.
+
+Usage: ``python benchmarks/bench_model.py [--type F16 Q8_0 Q4_0] [--keep DIR] [--threads N]
+[--prompt 512] [--decode 128] [--decode-budget 300] [--repeats 2] [--side both|mlplug|llama.cpp]
+[--profile]``. Results go to ``benchmarks/RESULTS.md`` by hand, with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# TinyLlama-1.1B.
+SHAPE = {"n_layers": 22, "n_embd": 2048, "n_head": 32, "n_head_kv": 4, "n_ff": 5632,
+         "n_vocab": 32000}
+TYPES = ("F16", "Q8_0", "Q4_0")
+SIDES = ("mlplug", "llama.cpp")
+N_SPECIAL = 3  # <unk>, <s>, </s>
+
+
+# -- the model file ---------------------------------------------------------------------------
+
+
+def vocab_metadata(n_vocab: int) -> dict[str, tuple[Any, ...]]:
+    """Return a minimal valid llama (SentencePiece) vocabulary of ``n_vocab`` tokens.
+
+    ``<unk>``, ``<s>``, ``</s>``, the 256 byte tokens ``<0x00>``…``<0xFF>`` (llama.cpp looks up
+    ``<0x0A>`` for the newline), then distinct generated pieces ``▁t<i>`` with falling scores.
+    """
+    from gguf import GGUFValueType as V
+
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256  # UNKNOWN, CONTROL, BYTE
+    tokens += [f"\u2581t{i}" for i in range(n_vocab - len(tokens))]
+    types += [1] * (n_vocab - len(types))  # NORMAL
+    scores = [0.0] * (N_SPECIAL + 256) + [-float(i) for i in range(n_vocab - N_SPECIAL - 256)]
+    return {
+        "tokenizer.ggml.model": (V.STRING, "llama"),
+        "tokenizer.ggml.tokens": (V.ARRAY, tokens, V.STRING),
+        "tokenizer.ggml.scores": (V.ARRAY, scores, V.FLOAT32),
+        "tokenizer.ggml.token_type": (V.ARRAY, types, V.INT32),
+        "tokenizer.ggml.unknown_token_id": (V.UINT32, 0),
+        "tokenizer.ggml.bos_token_id": (V.UINT32, 1),
+        "tokenizer.ggml.eos_token_id": (V.UINT32, 2),
+        "tokenizer.ggml.add_bos_token": (V.BOOL, False),
+    }
+
+
+def make_model(path: Path, type_name: str) -> None:
+    """Write the TinyLlama-shaped model with random ``type_name`` weights to ``path``."""
+    from mlplug import DType
+    from mlplug_conformance import synth
+
+    tmp = path.with_suffix(".tmp")
+    synth.write_llama_gguf(tmp, **SHAPE, weight_type=DType[type_name], seed=0,
+                           extra_metadata=vocab_metadata(SHAPE["n_vocab"]))
+    tmp.rename(path)
+
+
+def weight_bytes(path: Path) -> tuple[int, int]:
+    """Return (bytes read per decoded token, matrix parameters used per token) of the file.
+
+    Every tensor is read once per token except ``token_embd.weight``, of which one row is read
+    (and which is a lookup, not a product: it adds no FLOPs).
+    """
+    from gguf import GGUFReader
+
+    read = params = 0
+    for t in GGUFReader(path).tensors:
+        if t.name == "token_embd.weight":
+            read += int(t.n_bytes) // SHAPE["n_vocab"]
+        else:
+            read += int(t.n_bytes)
+            if len(t.shape) == 2:
+                params += int(t.n_elements)
+    return read, params
+
+
+# -- the machine ------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    """Describe the CPU, memory and library versions in one line."""
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = Path("/proc/meminfo").read_text().split()[1]
+        mem_gib = f"{int(mem) / 2**20:.0f} GiB"
+    except OSError:
+        mem_gib = "?"
+    blas = "?"
+    try:
+        from threadpoolctl import threadpool_info
+
+        info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        if info:
+            blas = f"{info[0]['internal_api']} {info[0]['version']}"
+    except ImportError:
+        pass
+    return (f"{os.cpu_count()} CPUs ({cpu}), {mem_gib} RAM, {platform.system()}, "
+            f"Python {platform.python_version()}, numpy {np.__version__} ({blas})")
+
+
+def bandwidth(mib: int = 512, repeats: int = 5) -> float:
+    """Return the best numpy copy speed in bytes/s (bytes read + bytes written)."""
+    src = np.ones(mib * 2**20 // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # first touch
+    best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(repeats))
+    return 2 * src.nbytes / best
+
+
+def blas_peak(threads: int, repeats: int = 5) -> float:
+    """Return the best F32 matmul FLOP/s for the prompt's FFN shape (512×2048 · 2048×5632)."""
+    from threadpoolctl import threadpool_limits
+
+    m, k, n = 512, SHAPE["n_embd"], SHAPE["n_ff"]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    out = np.empty((m, n), dtype=np.float32)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        np.matmul(a, b, out=out)
+        best = min(_timed(lambda: np.matmul(a, b, out=out)) for _ in range(repeats))
+    return 2 * m * k * n / best
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# -- the two sides (each in its own process) --------------------------------------------------
+
+
+def _tokens(n: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [int(t) for t in rng.integers(N_SPECIAL + 256, SHAPE["n_vocab"], size=n)]
+
+
+def run_llama_cpp(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Time prompt and decode in llama.cpp; return the measurements."""
+    import llama_cpp
+
+    start = time.perf_counter()
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=args.prompt + args.decode + 64, n_batch=512, n_ubatch=512,
+        n_threads=args.threads, n_threads_batch=args.threads, verbose=False,
+    )
+    load = time.perf_counter() - start
+    prompt, steps = _tokens(args.prompt, 1), _tokens(args.decode, 2)
+    times = []
+    for _ in range(args.repeats):
+        llm.reset()
+        times.append(_timed(lambda: llm.eval(prompt)))
+    decode = []
+    spent = 0.0
+    for tok in steps:
+        decode.append(_timed(lambda tok=tok: llm.eval([tok])))
+        spent += decode[-1]
+        if spent > args.decode_budget:
+            break
+    return {"version": llama_cpp.__version__, "load_s": load, "prompt_s": times,
+            "decode_s": decode}
+
+
+def run_mlplug(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Time prompt and decode in mlplug on the cpu backend; return the measurements."""
+    import mlplug
+    from mlplug.models.llama import Batch, Llama
+
+    start = time.perf_counter()
+    backend = mlplug.new_backend(str(path), mlplug.BackendParams(num_threads=args.threads),
+                                 backend="cpu")
+    backend.load()
+    model = Llama(backend)
+    cache = model.new_cache(capacity=args.prompt + args.decode + 64, max_batch=512)
+    load = time.perf_counter() - start
+    prompt, steps = _tokens(args.prompt, 1), _tokens(args.decode, 2)
+    times = []
+    for _ in range(args.repeats):
+        cache.remove(0, 0)
+        times.append(_timed(lambda: model.forward(cache, Batch.single(prompt, 0))))
+    decode = []
+    spent = 0.0
+    for i, tok in enumerate(steps):
+        batch = Batch.single([tok], args.prompt + i)
+        decode.append(_timed(lambda batch=batch: model.forward(cache, batch)))
+        spent += decode[-1]
+        if spent > args.decode_budget:
+            break
+    result: dict[str, Any] = {"version": mlplug.__version__, "load_s": load, "prompt_s": times,
+                              "decode_s": decode}
+    if args.profile:
+        pos = args.prompt + len(decode)
+        result["profile"] = _profile(model, cache, Batch.single([N_SPECIAL + 256], pos), "decode")
+        cache.remove(0, 0)
+        result["profile"] += _profile(model, cache, Batch.single(prompt, 0), "prompt")
+    backend.close()
+    return result
+
+
+def _profile(model: Any, cache: Any, batch: Any, what: str) -> str:
+    """Return cProfile's top functions (by own time) for one forward of ``batch``."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    model.forward(cache, batch)
+    profiler.disable()
+    out = io.StringIO()
+    out.write(f"{what} ({len(batch.tokens)} tokens):\n")
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(15)
+    return out.getvalue()
+
+
+def child(side: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one side in a fresh process and return its measurements."""
+    cmd = [sys.executable, __file__, "--child", side, "--model", str(path),
+           "--threads", str(args.threads), "--prompt", str(args.prompt),
+           "--decode", str(args.decode), "--decode-budget", str(args.decode_budget),
+           "--repeats", str(args.repeats)] + (["--profile"] if args.profile else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        sys.stderr.write(out.stderr)
+        raise RuntimeError(f"{side} failed (exit {out.returncode})")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--type", nargs="+", default=list(TYPES), choices=TYPES)
+    parser.add_argument("--keep", default=None, help="directory to keep (and reuse) models in")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--prompt", type=int, default=512)
+    parser.add_argument("--decode", type=int, default=128)
+    parser.add_argument("--decode-budget", type=float, default=300.0,
+                        help="stop decoding after this many seconds (per side)")
+    parser.add_argument("--repeats", type=int, default=2, help="prompt runs (best is kept)")
+    parser.add_argument("--side", default="both", choices=("both", *SIDES))
+    parser.add_argument("--profile", action="store_true", help="cProfile one mlplug decode step and prompt")
+    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.prompt > 512:
+        parser.error("--prompt is one batch: at most 512")
+
+    if args.child:
+        run = run_mlplug if args.child == "mlplug" else run_llama_cpp
+        print(json.dumps(run(Path(args.model), args)))
+        return 0
+
+    print(machine())
+    print(f"threads {args.threads}, prompt {args.prompt}, decode {args.decode} "
+          f"(budget {args.decode_budget:g} s), prompt repeats {args.repeats}")
+    bw = bandwidth()
+    peak = blas_peak(args.threads)
+    print(f"numpy copy {bw / 1e9:.1f} GB/s (read + write), BLAS F32 matmul "
+          f"{peak / 1e9:.1f} GFLOP/s ({args.threads} threads)\n")
+
+    folder = Path(args.keep or tempfile.mkdtemp(prefix="mlplug-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    sides = SIDES if args.side == "both" else (args.side,)
+    rows = []
+    for type_name in args.type:
+        path = folder / f"tinyllama-shape-{type_name}.gguf"
+        if not path.exists():
+            start = time.perf_counter()
+            make_model(path, type_name)
+            print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in "
+                  f"{time.perf_counter() - start:.0f} s")
+        read, params = weight_bytes(path)
+        decode_floor = read / bw
+        prompt_floor = 2 * params * args.prompt / peak
+        print(f"{type_name}: {read / 1e9:.3f} GB read per token -> decode floor "
+              f"{1 / decode_floor:.1f} tok/s; {params / 1e9:.3f} G matrix params -> prompt floor "
+              f"{args.prompt / prompt_floor:.1f} tok/s")
+        result = {}
+        for side in sides:
+            r = child(side, path, args)
+            result[side] = r
+            prompt_tps = args.prompt / min(r["prompt_s"])
+            decode_tps = len(r["decode_s"]) / sum(r["decode_s"])
+            rows.append((type_name, side, prompt_tps, decode_tps, len(r["decode_s"])))
+            print(f"  {side:9} {r['version']:8} load {r['load_s']:6.1f} s  prompt "
+                  f"{prompt_tps:8.2f} tok/s  decode {decode_tps:7.2f} tok/s "
+                  f"({len(r['decode_s'])} steps)", flush=True)
+            if "profile" in r:
+                print(r["profile"])
+
+    print("\n| type | side | prompt tok/s | decode tok/s | decode steps |")
+    print("|---|---|---|---|---|")
+    by_key = {(t, s): (p, d) for t, s, p, d, _ in rows}
+    for t, s, p, d, n in rows:
+        print(f"| {t} | {s} | {p:.2f} | {d:.2f} | {n} |")
+    for t in args.type:
+        if (t, "mlplug") in by_key and (t, "llama.cpp") in by_key:
+            (mp, md), (lp, ld) = by_key[t, "mlplug"], by_key[t, "llama.cpp"]
+            print(f"| {t} | mlplug/llama.cpp | {mp / lp:.3f} | {md / ld:.3f} | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
