@@ -26,7 +26,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from mlplug.device import BackendParams, DeviceOutOfMemory, Node, parse_size
-from mlplug_cpu.kernels import KERNELS
+from mlplug_cpu.kernels import KERNELS, native
 
 __all__ = [
     "ENV_MEMORY_LIMIT",
@@ -109,7 +109,7 @@ class CpuDevice:
         id: Stable identifier.
         kind: ``"cpu"`` or ``"gpu"``.
         memory_limit: Cap in bytes on memory allocated and not yet freed; ``None`` = RAM.
-        num_threads: BLAS threads while executing; 0 leaves the library's default.
+        num_threads: BLAS and native-kernel threads while executing; 0 = the libraries' default.
     """
 
     __slots__ = (
@@ -222,7 +222,11 @@ class CpuDevice:
         IEEE semantics apply (``x/0`` is ±inf, NaN propagates), so numpy's floating-point
         warnings are silenced.
         """
-        with _thread_limit(self.num_threads), np.errstate(all="ignore"):
+        with (
+            _thread_limit(self.num_threads),
+            native.thread_count(self.num_threads),
+            np.errstate(all="ignore"),
+        ):
             for node in nodes:
                 kernel = KERNELS.get(node.op)
                 if kernel is None:
@@ -292,6 +296,7 @@ def load(params: BackendParams) -> list[CpuDevice]:
     """Return the CPU device, then the simulated GPUs the environment asks for."""
     count, cap = simulated_gpus_from_env()
     threads = params.num_threads
+    native.configure_from_env()
     cpu = CpuDevice(memory_limit=_env_size(ENV_MEMORY_LIMIT), num_threads=threads)
     sims = [
         CpuDevice(name=f"SIM{i}", id=f"sim-{i}", kind="gpu", memory_limit=cap, num_threads=threads)

@@ -1,7 +1,10 @@
 """Matrix products: ``mulmat``, ``mulmat_full_prec``, ``mulmat_id`` (SEMANTICS §5.4).
 
-The weight (any WEIGHT dtype) is dequantised to F32 once per execution and the product runs in
-BLAS SGEMM (F32 accumulation, which also satisfies ``mulmat_full_prec``). The batch broadcast of
+F16/BF16/quantised weights with packed rows go to the native kernels of
+:mod:`mlplug_cpu.kernels.native` (F32 accumulation) when the C extension is built and enabled.
+Otherwise the weight (any WEIGHT dtype) is dequantised to F32 once per execution and the product
+runs in BLAS SGEMM (F32 accumulation, which also satisfies ``mulmat_full_prec``). The batch
+broadcast of
 ``a`` is a block repeat (grouped-query attention): ``b``'s batch dims are reshaped to
 ``(a.ne3, r3, a.ne2, r2)`` so that numpy broadcasting reuses each ``a`` matrix without copying it.
 """
@@ -13,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mlplug.device import Node, TensorRef
+from mlplug_cpu.kernels import native
 from mlplug_cpu.kernels.movement import checked_ids
 from mlplug_cpu.kernels.quant import decode, load, raw, reshaped_view
 
@@ -59,7 +63,10 @@ def mulmat(node: Node) -> None:
     """``out[m, n, i2, i3] = Σ_k a[k, m, i2 // r2, i3 // r3] · b[k, n, i2, i3]``."""
     if node.out.n == 0:
         return
-    product(load(_src(node, 0)), load(_src(node, 1)), raw(node.out))
+    a, b = _src(node, 0), _src(node, 1)
+    if native.weight_product(a, b, node.out):
+        return
+    product(load(a), load(b), raw(node.out))
 
 
 def mulmat_id(node: Node) -> None:
@@ -75,8 +82,11 @@ def mulmat_id(node: Node) -> None:
     out = raw(node.out)[0]  # (T, n_used, rows)
     for expert in np.unique(ids):
         tokens, slots = np.nonzero(ids == expert)
-        weight = decode(stored[expert], experts_ref.dtype)  # (rows, K)
-        out[tokens, slots] = rhs[tokens, slots] @ weight.T
+        result = native.expert_product(experts_ref, int(expert), rhs[tokens, slots])
+        if result is None:
+            weight = decode(stored[expert], experts_ref.dtype)  # (rows, K)
+            result = rhs[tokens, slots] @ weight.T
+        out[tokens, slots] = result
 
 
 KERNELS: dict[str, Callable[[Node], None]] = {

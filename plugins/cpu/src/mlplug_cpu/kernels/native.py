@@ -1,0 +1,239 @@
+"""Weight products through the optional C extension :mod:`mlplug_cpu._native`.
+
+The extension reads F16/BF16/Q8_0/Q4_0/Q4_K/Q6_K weight rows once per product, decoding each
+block in registers, with OpenMP threads over the output rows. Which path a product takes, by
+the number ``N`` of ``b`` rows sharing one weight matrix (measured on a 2-core AVX2 machine):
+
+* ``N <= NATIVE_MAX_ROWS``: the native row kernel (memory-bound decode: the weight bytes are
+  read once; F32 would be materialised never).
+* larger ``N``: the native decoder writes F32 rows into a scratch chunk of at most
+  ``CHUNK_ELEMENTS`` and BLAS multiplies it (compute-bound prompt batches).
+* F32 weights: BLAS directly (its GEMV is as fast as the native one), i.e. not handled here.
+
+When the extension did not build, or ``MLPLUG_CPU_NATIVE=0`` is set when the device loads, every
+product returns ``False`` and the caller's numpy path (decode the weight to F32, then BLAS) runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+import numpy as np
+
+from mlplug.device import DType, TensorRef
+
+__all__ = [
+    "ENV_NATIVE",
+    "NATIVE_MAX_ROWS",
+    "active",
+    "configure",
+    "configure_from_env",
+    "expert_product",
+    "thread_count",
+    "weight_product",
+]
+
+ENV_NATIVE = "MLPLUG_CPU_NATIVE"
+NATIVE_MAX_ROWS = 16
+CHUNK_ELEMENTS = 1 << 22
+
+_native: ModuleType | None
+try:
+    from mlplug_cpu import _native
+except ImportError:  # built without a compiler: numpy kernels only
+    _native = None
+
+_HANDLED = frozenset({DType.F16, DType.BF16, DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q6_K})
+_enabled = _native is not None
+_local = threading.local()
+
+
+def configure(enabled: bool) -> None:
+    """Use the native kernels (when built) if ``enabled``, else the numpy path only."""
+    global _enabled
+    _enabled = enabled and _native is not None
+
+
+def configure_from_env() -> None:
+    """Apply ``MLPLUG_CPU_NATIVE`` (``0`` turns the native kernels off)."""
+    configure(os.environ.get(ENV_NATIVE, "1").strip() != "0")
+
+
+def active() -> str:
+    """Return the product path in use: ``"native-avx2"``, ``"native-generic"`` or ``"numpy"``."""
+    if not _enabled or _native is None:
+        return "numpy"
+    return f"native-{_native.isa()}"
+
+
+@contextmanager
+def thread_count(n: int) -> Iterator[None]:
+    """Run native kernels on ``n`` threads in this thread while the block runs (0 = default)."""
+    previous = getattr(_local, "threads", 0)
+    _local.threads = n
+    try:
+        yield
+    finally:
+        _local.threads = previous
+
+
+def _buffer(ref: TensorRef) -> np.ndarray | None:
+    data = getattr(ref.buffer, "data", None)
+    return data if isinstance(data, np.ndarray) and data.flags.c_contiguous else None
+
+
+def _weight_ok(ref: TensorRef) -> bool:
+    if not _enabled or ref.dtype not in _HANDLED:
+        return False
+    unit = ref.dtype.type_size if ref.dtype.is_block else ref.dtype.nbytes(1)
+    return ref.nb[0] == unit and min(ref.nb) >= 0 and _buffer(ref) is not None
+
+
+def _rows(ref: TensorRef) -> tuple[np.ndarray, int, int] | None:
+    """Return (buffer, offset, row stride) of an F32 ref whose rows are packed, else None."""
+    data = _buffer(ref)
+    if data is None or ref.dtype != DType.F32 or ref.nb[0] != 4 or min(ref.nb) < 0:
+        return None
+    return data, ref.offset, ref.nb[1]
+
+
+def _product(
+    dtype: DType,
+    weight: np.ndarray,
+    w_off: int,
+    w_rs: int,
+    m: int,
+    k: int,
+    x: np.ndarray,
+    x_off: int,
+    x_rs: int,
+    out: np.ndarray,
+    o_off: int,
+    o_rs: int,
+    n: int,
+) -> bool:
+    assert _native is not None
+    threads = getattr(_local, "threads", 0)
+    if n <= NATIVE_MAX_ROWS:
+        return bool(
+            _native.matmul(
+                dtype.ggml_type,
+                weight,
+                w_off,
+                w_rs,
+                x,
+                x_off,
+                x_rs,
+                out,
+                o_off,
+                o_rs,
+                m,
+                k,
+                n,
+                threads,
+            )
+        )
+    xs = np.ndarray((n, k), np.float32, buffer=x, offset=x_off, strides=(x_rs, 4))
+    os_ = np.ndarray((n, m), np.float32, buffer=out, offset=o_off, strides=(o_rs, 4))
+    step = max(1, CHUNK_ELEMENTS // max(k, 1))
+    scratch = np.empty((min(step, m), k), np.float32)
+    for m0 in range(0, m, step):
+        rows = min(step, m - m0)
+        chunk = scratch[:rows]
+        _native.dequantize(
+            dtype.ggml_type, weight, w_off + m0 * w_rs, w_rs, chunk, 0, rows, k, threads
+        )
+        np.matmul(xs, chunk.T, out=os_[:, m0 : m0 + rows])
+    return True
+
+
+def weight_product(a: TensorRef, b: TensorRef, out: TensorRef) -> bool:
+    """Compute ``mulmat(a, b)`` into ``out`` natively; return ``False`` (nothing written) if not.
+
+    Handles any batch broadcast (block repeat in dims 2 and 3) by one native call per 2-D slice,
+    or one call for all rows when ``a`` is a single matrix and ``b``/``out`` rows are uniform.
+    """
+    if not _weight_ok(a) or not _native.supported(a.dtype.ggml_type, a.ne[0]):  # type: ignore[union-attr]
+        return False
+    src, dst = _rows(b), _rows(out)
+    if src is None or dst is None:
+        return False
+    weight = _buffer(a)
+    assert weight is not None
+    (x, x_off, x_rs), (o, o_off, o_rs) = src, dst
+    if _overlap(out, a) or _overlap(out, b):
+        return False
+    k, m = a.ne[0], a.ne[1]
+    n, b2, b3 = b.ne[1], b.ne[2], b.ne[3]
+    if a.ne[2] == a.ne[3] == 1 and _uniform(b) and _uniform(out):
+        return _product(
+            a.dtype, weight, a.offset, a.nb[1], m, k, x, x_off, x_rs, o, o_off, o_rs, n * b2 * b3
+        )
+    r2, r3 = b2 // a.ne[2], b3 // a.ne[3]
+    for i3 in range(b3):
+        for i2 in range(b2):
+            w_off = a.offset + (i3 // r3) * a.nb[3] + (i2 // r2) * a.nb[2]
+            done = _product(
+                a.dtype, weight, w_off, a.nb[1], m, k,
+                x, x_off + i3 * b.nb[3] + i2 * b.nb[2], x_rs,
+                o, o_off + i3 * out.nb[3] + i2 * out.nb[2], o_rs, n,
+            )  # fmt: skip
+            if not done:  # _overlap ruled this out
+                raise RuntimeError("[cpu] mulmat: native product refused a checked slice")
+    return True
+
+
+def _overlap(x: TensorRef, y: TensorRef) -> bool:
+    """Whether the byte spans of two refs on one buffer intersect (conservative)."""
+    if x.buffer is not y.buffer or x.n == 0 or y.n == 0:
+        return False
+
+    def span(ref: TensorRef) -> tuple[int, int]:
+        unit = ref.dtype.type_size if ref.dtype.is_block else ref.dtype.nbytes(1)
+        count = (ref.ne[0] // ref.dtype.block_size - 1, ref.ne[1] - 1, ref.ne[2] - 1, ref.ne[3] - 1)
+        return ref.offset, ref.offset + sum(
+            c * s for c, s in zip(count, ref.nb, strict=True)
+        ) + unit
+
+    (x0, x1), (y0, y1) = span(x), span(y)
+    return x0 < y1 and y0 < x1
+
+
+def _uniform(ref: TensorRef) -> bool:
+    """Whether every row of ``ref`` (over dims 1..3) sits at one constant stride."""
+    return (ref.ne[2] == 1 or ref.nb[2] == ref.ne[1] * ref.nb[1]) and (
+        ref.ne[3] == 1 or ref.nb[3] == ref.ne[2] * ref.nb[2]
+    )
+
+
+def expert_product(experts: TensorRef, expert: int, x: np.ndarray) -> np.ndarray | None:
+    """Return ``x @ experts[:, :, expert]ᵀ`` (``x`` F32 ``(T, K)``) natively, or ``None``."""
+    if not _weight_ok(experts) or not _native.supported(  # type: ignore[union-attr]
+        experts.dtype.ggml_type, experts.ne[0]
+    ):
+        return None
+    weight = _buffer(experts)
+    assert weight is not None
+    k, m = experts.ne[0], experts.ne[1]
+    xs = np.ascontiguousarray(x, np.float32)
+    out = np.empty((xs.shape[0], m), np.float32)
+    done = _product(
+        experts.dtype,
+        weight,
+        experts.offset + expert * experts.nb[2],
+        experts.nb[1],
+        m,
+        k,
+        xs,
+        0,
+        4 * k,
+        out,
+        0,
+        4 * m,
+        xs.shape[0],
+    )
+    return out if done else None
