@@ -43,6 +43,7 @@ SHAPE_ERRORS: dict[str, Callable[[Context], object]] = {
     "avg_pool_2d": lambda c: z(c, F32, 2, 2).avg_pool_2d(c, 3, 1, 0),
     "scaled_dot_product_attention": lambda c: z(c, F32, 8, 4, 2).scaled_dot_product_attention(
         c, z(c, F32, 8, 3, 5), z(c, F32, 8, 3, 5), None, 0.1),
+    "rope": lambda c: z(c, F32, 8, 2, 3).rope(c, z(c, F32, 5, 3), z(c, F32, 5, 3), 0),
 }
 # Ops with no shape operand or parameter to violate: unary and row ops on any extents, sorting.
 NO_SHAPE_RULE = {"neg", "sin", "cos", "tanh", "gelu", "silu", "relu", "sigmoid", "sqr", "sqrt",
@@ -77,6 +78,7 @@ DTYPE_ERRORS: dict[str, Callable[[Context], object]] = {
     "scaled_dot_product_attention": lambda c: z(c, F16, 8, 4, 2).scaled_dot_product_attention(
         c, z(c, F32, 8, 2, 5), z(c, F32, 8, 2, 5), None, 0.1),
     "arange": lambda c: c.arange(0, 4, 1, DType.F16),
+    "rope": lambda c: z(c, F16, 8, 2, 3).rope(c, z(c, F32, 4, 3), z(c, F32, 4, 3), 2),
 }
 # Ops that accept every dtype: checked instead to accept every creatable one.
 ANY_DTYPE = {"reshape", "view", "permute", "contiguous", "duplicate"}
@@ -139,6 +141,8 @@ def test_mulmat_message_names_values(ctx: Context) -> None:
         (lambda c: z(c, F32, 4).set(c, z(c, F32, 2), 2), ShapeError),
         (lambda c: z(c, F32, 2, 2).pad(c, 1, 1, 1), ShapeError),
         (lambda c: z(c, F32, 4, 3).permute(c, 1, 0, 2, 3).reshape(c, 12), ShapeError),
+        (lambda c: z(c, F32, 4, 1, 3).rope(c, z(c, F32, 2, 3), z(c, F32, 2, 3), 1), ValueError),
+        (lambda c: z(c, F32, 4, 1, 3).rope(c, z(c, F32, 2, 3), z(c, F32, 1, 3), 0), ShapeError),
     ],
 )
 def test_invalid_parameters(ctx: Context, call: Callable[[Context], object],

@@ -680,6 +680,31 @@ def _attention(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
                                                            "permuted_v": permuted})
 
 
+def _rope(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
+    op = "rope"
+    a, cos, sin = srcs
+    if a is None or cos is None or sin is None:
+        raise ValueError(f"{op}: operands must be tensors")
+    _need_dtype(op, "receiver", a.dtype, frozenset({DType.F32}))
+    _need_dtype(op, "cos", cos.dtype, frozenset({DType.F32}))
+    _need_dtype(op, "sin", sin.dtype, frozenset({DType.F32}))
+    mode = _index(op, "mode", params["mode"], ValueError)
+    if mode not in (0, 2):
+        raise ValueError(f"{op}: mode must be 0 (normal) or 2 (neox), got {mode}")
+    d, tokens = a.ne[0], a.ne[2]
+    if a.ne[3] != 1:
+        raise ShapeError(f"{op}: receiver {list(a.ne)} must be 3-D [D, H, T] (ne3 == 1)")
+    if cos.ne != sin.ne:
+        raise ShapeError(f"{op}: cos {list(cos.ne)} and sin {list(sin.ne)} differ")
+    half = cos.ne[0]
+    if cos.ne[1] != tokens or cos.ne[2] != 1 or cos.ne[3] != 1 or half < 1 or 2 * half > d:
+        raise ShapeError(
+            f"{op}: cos/sin {list(cos.ne)} must be [n_rot/2, T={tokens}] with "
+            f"1 <= n_rot <= D ({d})"
+        )
+    return Result(_fresh(a.dtype, a.ne), {"mode": mode, "n_rot": 2 * half})
+
+
 def _arange(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "arange"
     dtype = params["dtype"]
@@ -846,6 +871,10 @@ _TABLE: list[OpDef] = [
          "softmax(scale * K^T Q + mask) V with GQA"),
     _def("arange", (), "compute", _arange, _flops_per_out(1),
          frozenset({DType.F32, DType.I32}), _EXACT, "start + k * step, half-open"),
+    # Optional fused op (not in SEMANTICS §5): every first-party plugin implements it.
+    _def("rope", ("a", "cos", "sin"), "compute", _rope, _flops_per_out(3),
+         frozenset({DType.F32}), Tolerance(eps_mult=4.0, abs_eps=32.0),
+         "rotate pairs of dim 0 by cos/sin tables [n_rot/2, T]; mode 0 normal, 2 neox"),
 ]
 
 OPS: Mapping[str, OpDef] = {op.name: op for op in _TABLE}

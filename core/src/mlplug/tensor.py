@@ -336,6 +336,17 @@ class Tensor:
         """Return square average pooling (padding counts in the divisor)."""
         return self._op_call(ctx, "avg_pool_2d", (), {"k": k, "s": s, "p": p})
 
+    # fused rotary position embedding (optional op, see mlplug.nn.rope)
+    def rope(self, ctx: Context, cos: Tensor, sin: Tensor, mode: int) -> Tensor:
+        """Return ``[D, H, T]`` with the first ``n_rot = 2·cos.ne0`` values of each row rotated.
+
+        Pair ``i`` of token ``t`` is rotated by ``cos[i, t]``/``sin[i, t]``: with ``mode`` 0
+        (normal) the pair is ``(x[2i], x[2i+1])``, with ``mode`` 2 (neox)
+        ``(x[i], x[i + n_rot/2])``;
+        ``(a, b)`` becomes ``(a·cos − b·sin, a·sin + b·cos)``. Values past ``n_rot`` are copied.
+        """
+        return self._op_call(ctx, "rope", (cos, sin), {"mode": mode})
+
     # attention (§8.7)
     def scaled_dot_product_attention(self, ctx: Context, key: Tensor, value: Tensor,
                                      mask: Tensor | None, scale: float) -> Tensor:

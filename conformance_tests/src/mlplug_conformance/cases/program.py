@@ -100,6 +100,7 @@ def call(ctx: Context, op: str, ts: list[Tensor | None], p: dict[str, Any]) -> T
         "scaled_dot_product_attention": lambda: a.scaled_dot_product_attention(
             ctx, rest[0], rest[1], rest[2], p["scale"]
         ),
+        "rope": lambda: a.rope(ctx, rest[0], rest[1], p["mode"]),
     }
     if op not in simple:
         raise KeyError(f"[conformance] no public call known for op {op!r}")

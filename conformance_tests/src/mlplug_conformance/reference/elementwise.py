@@ -1,4 +1,4 @@
-"""Unary and binary element-wise ops and ``arange`` (SEMANTICS §5.2, §5.3, §4.3)."""
+"""Unary and binary element-wise ops, ``arange`` (SEMANTICS §5.2, §5.3, §4.3) and ``rope``."""
 
 from __future__ import annotations
 
@@ -82,8 +82,29 @@ def _arange(srcs: Sequence[np.ndarray | None], params: Mapping[str, Any], out: M
     return result.reshape(1, 1, 1, -1)
 
 
+def _rope(srcs: Sequence[np.ndarray | None], params: Mapping[str, Any], out: Meta) -> Any:
+    # Rotate pair i of token t, (x[2i], x[2i+1]) (mode 0) or (x[i], x[i + n/2]) (mode 2), by
+    # cos[t, i] and sin[t, i]; values past n_rot are copied.
+    a, cos, sin = srcs
+    assert a is not None and cos is not None and sin is not None
+    x = values(a).copy()  # (1, T, H, D)
+    n, half = int(params["n_rot"]), int(params["n_rot"]) // 2
+    c = values(cos)[0, 0][:, None, :]  # (T, 1, half)
+    s = values(sin)[0, 0][:, None, :]
+    if params["mode"] == 0:
+        first, second = x[..., 0:n:2].copy(), x[..., 1:n:2].copy()
+        x[..., 0:n:2] = first * c - second * s
+        x[..., 1:n:2] = first * s + second * c
+    else:
+        first, second = x[..., :half].copy(), x[..., half:n].copy()
+        x[..., :half] = first * c - second * s
+        x[..., half:n] = first * s + second * c
+    return x
+
+
 KERNELS: dict[str, Kernel] = {
     **{name: _unary(f) for name, f in _UNARY.items()},
+    "rope": _rope,
     **{name: _binary(f) for name, f in _BINARY.items()},
     "scale": _scale,
     "clamp": _clamp,

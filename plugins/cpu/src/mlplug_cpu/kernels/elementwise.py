@@ -1,4 +1,4 @@
-"""Element-wise kernels: unary ops, ``scale``, ``clamp`` and the tiled binary ops.
+"""Element-wise kernels: unary ops, ``scale``, ``clamp``, the tiled binary ops and ``rope``.
 
 SEMANTICS §5.2-§5.3. Every op computes in F32 and rounds once to the result dtype. Binary ops
 **tile** ``b`` over ``a`` (``b.ne[i]`` divides ``a.ne[i]``), which numpy broadcasting does not do
@@ -155,8 +155,33 @@ def _clamp(node: Node) -> None:
     _unary(clamp)(node)
 
 
+def _rope(node: Node) -> None:
+    # The optional fused rotary embedding: pair i of token t, (x[2i], x[2i+1]) in mode 0 or
+    # (x[i], x[i + n/2]) in mode 2, becomes (a·cos − b·sin, a·sin + b·cos); the rest is copied.
+    if node.out.n == 0:
+        return
+    a, cos, sin = node.srcs
+    assert a is not None and cos is not None and sin is not None
+    n = node.params["n_rot"]
+    x = load(a)  # (1, T, H, D)
+    c = load(cos)[0, 0][:, None, :]  # (T, 1, n/2)
+    s = load(sin)[0, 0][:, None, :]
+    o = dest(node.out)
+    if node.params["mode"] == 0:
+        xa, xb, oa, ob = x[..., 0:n:2], x[..., 1:n:2], o[..., 0:n:2], o[..., 1:n:2]
+    else:
+        h = n // 2
+        xa, xb, oa, ob = x[..., :h], x[..., h:n], o[..., :h], o[..., h:n]
+    np.subtract(xa * c, xb * s, out=oa)
+    np.add(xa * s, xb * c, out=ob)
+    if n < x.shape[-1]:
+        o[..., n:] = x[..., n:]
+    commit(node.out, o)
+
+
 KERNELS: dict[str, Callable[[Node], None]] = {
     **{name: _unary(f) for name, f in _UNARY.items()},
+    "rope": _rope,
     "scale": _scale,
     "clamp": _clamp,
     "add": _binary(np.add),

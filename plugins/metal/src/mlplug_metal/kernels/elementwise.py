@@ -1,4 +1,4 @@
-"""Element-wise kernels: unary ops, ``scale``, ``clamp`` and the tiled binary ops.
+"""Element-wise kernels: unary ops, ``scale``, ``clamp``, the tiled binary ops and ``rope``.
 
 SEMANTICS §5.2-§5.3. Every op computes in F32 and rounds once to the result dtype. Binary ops
 **tile** ``b`` over ``a`` (``b.ne[i]`` divides ``a.ne[i]``), which broadcasting does not do by
@@ -99,8 +99,33 @@ def _clamp(node: Node) -> None:
     _unary(lambda x: mx.maximum(mx.minimum(x, hi), lo))(node)
 
 
+def _rope(node: Node) -> None:
+    # The optional fused rotary embedding from the cos/sin tables: pair i of token t,
+    # (x[2i], x[2i+1]) in mode 0 or (x[i], x[i + n/2]) in mode 2, becomes
+    # (a·cos − b·sin, a·sin + b·cos); values past n_rot are copied.
+    if node.out.n == 0:
+        return
+    x = load(_src(node, 0))  # (1, T, H, D)
+    c = load(_src(node, 1))[0, 0][:, None, :]  # (T, 1, n/2)
+    s = load(_src(node, 2))[0, 0][:, None, :]
+    n = node.params["n_rot"]
+    if node.params["mode"] == 0:
+        xa, xb = x[..., 0:n:2], x[..., 1:n:2]
+    else:
+        xa, xb = x[..., : n // 2], x[..., n // 2 : n]
+    ra, rb = xa * c - xb * s, xa * s + xb * c
+    if node.params["mode"] == 0:
+        rot = mx.stack([ra, rb], axis=-1).reshape(*ra.shape[:-1], n)
+    else:
+        rot = mx.concatenate([ra, rb], axis=-1)
+    if n < x.shape[-1]:
+        rot = mx.concatenate([rot, x[..., n:]], axis=-1)
+    store(node.out, rot)
+
+
 KERNELS: dict[str, Callable[[Node], None]] = {
     **{name: _unary(f) for name, f in _UNARY.items()},
+    "rope": _rope,
     "scale": _scale,
     "clamp": _clamp,
     "add": _binary(mx.add),
