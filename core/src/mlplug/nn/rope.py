@@ -1,11 +1,14 @@
-"""Rotary position embeddings (RoPE) from the contract's ops.
+"""Rotary position embeddings (RoPE): the fused ``rope`` op, or the contract's ops.
 
-RoPE is not an op of the ops table, so it is built from ops every backend has. The rotation
-angles depend only on the token positions, which are known on the host when a batch is built:
-:meth:`RoPE.tables` computes ``cos``/``sin`` of every (position, frequency) pair in float64 with
-numpy and uploads them as two ``ctx.input()`` F32 tensors, shared by every layer that uses the same
-frequency factors. :meth:`RoPE.__call__` then rotates the pairs of a ``[D, H, T]`` tensor with
-strided ``view``\\s, ``mul``, ``sub``, ``add`` and one ``concat``:
+The rotation angles depend only on the token positions, which are known on the host when a batch
+is built: :meth:`RoPE.tables` computes ``cos``/``sin`` of every (position, frequency) pair in
+float64 with numpy and uploads them as two ``ctx.input()`` F32 tensors, shared by every layer that
+uses the same frequency factors. :meth:`RoPE.__call__` then rotates the pairs of a ``[D, H, T]``
+tensor. By default (``fused=True``) it records one ``rope`` node, the optional fused op the ops
+table declares (tables ``[n/2, T]``; mode 0 normal, 2 neox) and every first-party plugin
+implements. With ``fused=False`` it builds the same rotation from ops of SEMANTICS §5 only
+(strided ``view``\\s, ``mul``, ``sub``, ``add`` and ``concat``, about ten nodes per call), for a
+backend that lacks ``rope``:
 
 * **normal** style (GGML's ``NORM``, llama): pairs ``(x[2i], x[2i+1])``. The even and odd elements
   are the views ``[1, n/2, H, T]`` with element stride ``2·S``; the rotated halves are concatenated
@@ -162,9 +165,10 @@ class RopeConfig:
 
 @dataclass(frozen=True, slots=True)
 class RopeTables:
-    """The cos/sin input tensors of one batch, shaped for one rotation style.
+    """The cos/sin input tensors of one batch, shaped for one rotation path.
 
-    ``[1, n/2, 1, T]`` for the normal style, ``[n/2, 1, T]`` for neox; F32 on the input device.
+    ``[n/2, T]`` for the fused op; for the composite path ``[1, n/2, 1, T]`` (normal style) or
+    ``[n/2, 1, T]`` (neox); F32 on the input device.
     """
 
     cos: Tensor
@@ -179,16 +183,22 @@ class RoPE:
     Attributes:
         config: Angles and style.
         factors: Per-frequency divisors from a ``rope_freqs`` tensor, or ``None``.
+        fused: Record the fused ``rope`` op (one node per call); ``False`` builds the rotation
+            from ops of SEMANTICS §5 only, for backends that do not implement ``rope``.
     """
 
     config: RopeConfig
     factors: tuple[float, ...] | None = field(default=None)
+    fused: bool = True
 
     def tables(self, ctx: Context, positions: Sequence[int] | np.ndarray) -> RopeTables:
         """Upload the cos/sin of ``positions`` as ``ctx.input()`` tensors for this batch."""
         cos, sin = self.config.angles(positions, self.factors)
         half, n = self.config.n_dims // 2, cos.shape[0]
-        shape = (half, 1, n) if self.config.neox else (1, half, 1, n)
+        if self.fused:
+            shape: tuple[int, ...] = (half, n)
+        else:
+            shape = (half, 1, n) if self.config.neox else (1, half, 1, n)
         inp = ctx.input()
         return RopeTables(inp.from_float_slice(cos, *shape), inp.from_float_slice(sin, *shape), n)
 
@@ -200,6 +210,8 @@ class RoPE:
             raise ShapeError(
                 f"[RoPE] input {list(x.shape())} must be [D >= {n}, H, T={tables.n_tokens}]"
             )
+        if self.fused:
+            return x.rope(ctx, tables.cos, tables.sin, 2 if self.config.neox else 0)
         s, nb1, nb2 = x.stride(0), x.stride(1), x.stride(2)
         half = n // 2
         if self.config.neox:
