@@ -8,9 +8,11 @@ every plugin use them.
 
 from __future__ import annotations
 
+import math
+import struct
 from enum import IntEnum
 
-__all__ = ["ANY", "CACHE", "CREATE", "FLOAT", "INT", "WEIGHT", "DType"]
+__all__ = ["ANY", "CACHE", "CREATE", "FLOAT", "INT", "WEIGHT", "DType", "round_f32"]
 
 # value: (name, ggml id, block size, bytes per block). OTHER has no ggml id (-1).
 _TABLE: dict[int, tuple[int, int, int]] = {
@@ -125,3 +127,15 @@ WEIGHT: frozenset[DType] = ANY - INT
 CREATE: frozenset[DType] = frozenset(
     {DType.F32, DType.F16, DType.BF16, DType.I32, DType.Q8_0, DType.Q4_0}
 )
+
+
+def round_f32(value: float) -> float:
+    """Round a Python float to the nearest F32 value, ties to even (overflow gives ±inf).
+
+    Used where the semantics compute in float32 without numpy: ``scale``'s factor (§5.3),
+    placement fractions (§6.4) and ``dump``'s values (§9).
+    """
+    try:
+        return float(struct.unpack("<f", struct.pack("<f", value))[0])
+    except OverflowError:  # rounds past the largest F32
+        return math.copysign(math.inf, value)

@@ -9,12 +9,12 @@ only reads the tensor through the public ``Tensor``/``Context`` API.
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlplug.dtype import INT
+from mlplug.dtype import round_f32 as _f32
 from mlplug.errors import NotComputedError
 
 if TYPE_CHECKING:
@@ -191,12 +191,3 @@ def _scalar(v: float | int, integer: bool, precision: int) -> str:
             text = format(f, f".{precision}f")
     return text if text.startswith("-") else " " + text
 
-
-def _f32(v: float) -> float:
-    """Round a float to the nearest F32 value (exact for values that already are F32)."""
-    if not math.isfinite(v):
-        return v
-    try:
-        return float(struct.unpack("<f", struct.pack("<f", v))[0])
-    except OverflowError:  # rounds past the largest F32
-        return math.copysign(math.inf, v)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import operator
-import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mlplug.dtype import ANY, CACHE, FLOAT, WEIGHT, DType
+from mlplug.dtype import round_f32 as f32
 from mlplug.errors import DTypeError, ShapeError
 
 __all__ = [
@@ -201,14 +201,6 @@ def _float(op: str, name: str, value: object) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ValueError(f"{op}: {name} must be a number, got {value!r}") from None
-
-
-def f32(value: float) -> float:
-    """Round a Python float to the nearest F32 value (overflow gives ±inf)."""
-    try:
-        return struct.unpack("<f", struct.pack("<f", value))[0]
-    except OverflowError:
-        return math.copysign(math.inf, value)
 
 
 def _tiles(op: str, a: Meta, b: Meta, role: str = "b") -> None:

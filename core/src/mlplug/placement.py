@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from mlplug.dtype import round_f32 as _f32  # §6.4 computes splits and fractions in float32
 
 __all__ = [
     "Placement",
@@ -43,11 +44,6 @@ _OUTPUT_PREFIXES = ("v.", "mm.")
 _PER_LAYER_PARTS = frozenset({"rope_freqs", "rope_factors_long", "rope_factors_short"})
 _DIGITS = re.compile(r"[0-9]+")
 _F32_MAX = 3.4028234663852886e38
-
-
-def _f32(x: float) -> float:
-    """Round ``x`` to IEEE float32 (§6.4 computes splits and fractions in float32)."""
-    return float(struct.unpack("<f", struct.pack("<f", x))[0])
 
 
 def validate_params(n_gpus: int, main_gpu: int, tensor_split: Sequence[float]) -> None:
