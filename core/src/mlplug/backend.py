@@ -50,3 +50,11 @@ class Backend(Protocol):
     def close(self) -> None:
         """Close every context and free all memory. Idempotent."""
         ...
+
+    def __enter__(self) -> Backend:
+        """Return the backend (``with backend:`` closes it on exit)."""
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the backend."""
+        ...

@@ -580,7 +580,7 @@ def _build_spm(tok: Tokenizer, merges: list[tuple[str, str]]) -> tokenizers.Toke
 
     unk = tok.tokens[tok.unk_id] if tok.unk_id is not None else None
     hf = HFTokenizer(BPE(_vocab(tok), merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
-    steps = [normalizers.Replace(" ", SPACE_MARKER)]
+    steps: list[normalizers.Normalizer] = [normalizers.Replace(" ", SPACE_MARKER)]
     if tok.add_space_prefix:
         steps.insert(0, normalizers.Prepend(SPACE_MARKER))
     hf.normalizer = normalizers.Sequence(steps)

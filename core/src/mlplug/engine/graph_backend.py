@@ -410,8 +410,7 @@ class GraphBackend:
                 flush()
                 root = step.transfer_root
                 src_buffer, src_base = self._base(plan, root)
-                src_device = root._storage.device if root._op is None else plan.location[id(root)]
-                self.devices[src_device].synchronize()
+                self.devices[self._loc(plan, root)].synchronize()
                 start, stop = step.span
                 data = src_buffer.read(src_base + start, stop - start)
                 arena = self._arenas[step.device]

@@ -20,7 +20,7 @@ The arena sizes are the graph memory that ``reserve()`` allocates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -97,8 +97,8 @@ def make_plan(
     outputs: Sequence[Tensor],
     devices: Sequence[Device],
     main_gpu_device: int,
-    is_weight: callable,  # type: ignore[valid-type]
-    storage_device: callable,  # type: ignore[valid-type]
+    is_weight: Callable[[Tensor], bool],
+    storage_device: Callable[[Tensor], int],
 ) -> Plan:
     """Schedule ``graph`` and plan its memory.
 

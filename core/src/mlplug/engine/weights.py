@@ -219,8 +219,8 @@ class Model:
                 done += n
                 if progress is not None and total:
                     progress(min(done / total, 1.0))
-        for device in {w.device for w in self.weights}:
-            backend.devices[device].synchronize()
+        for index in {w.device for w in self.weights}:
+            backend.devices[index].synchronize()
         if progress is not None and (total == 0 or done / total < 1.0):
             progress(1.0)
 
