@@ -407,3 +407,12 @@ def test_out_of_memory_while_executing_becomes_errnomem() -> None:
     assert info.value.memory.gpus[0].graph.status is F
     assert info.value.memory.gpus[0].graph.size == 1 << 30
     backend.close()
+
+
+def test_repeated_computes_retain_each_result_once(ctx: Context) -> None:
+    y = values(ctx, 4).neg(ctx)
+    ctx.forward(y)
+    for _ in range(5):
+        ctx.compute(y)
+    assert list(ctx._family.results.values()) == [y]
+    assert y.floats().tolist() == [-0.0, -1.0, -2.0, -3.0]

@@ -33,7 +33,7 @@ class Family:
         self.graph: list[Tensor] = []
         self.in_graph: set[int] = set()
         self.buffers: list[tuple[Storage, int | None, int]] = []  # storage, layer, accounted
-        self.results: list[Tensor] = []
+        self.results: dict[int, Tensor] = {}  # retained results, by id (listed once each)
         self.closed = False
 
     def check_open(self, what: str) -> None:

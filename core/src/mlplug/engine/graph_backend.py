@@ -256,7 +256,7 @@ class GraphBackend:
             if layer is not None and accounted:
                 self._books.release_cache(storage.device, layer, accounted)
         family.buffers.clear()
-        for t in family.results:
+        for t in family.results.values():
             t._result = None
         family.results.clear()
         family.graph.clear()
@@ -366,7 +366,7 @@ class GraphBackend:
                 data = ref.buffer.read(start, stop - start)
                 t._result = _convert.gather(data, ref.offset - start, ref.ne, ref.nb, ref.dtype)
                 t._readable = True
-                family.results.append(t)
+                family.results[id(t)] = t
 
     def _base(self, plan: Plan, root: Tensor) -> tuple[Buffer, int]:
         if root._op is None:
