@@ -261,6 +261,8 @@ def _verify(
         return check_sorted(got, expected.keys, expected.sort)
     if expected.exact.size == 0:
         return None
+    want: np.ndarray
+    bound: np.ndarray | float
     if expected.quantised_step:
         want, bound = expected.exact, quant_step_bound(expected.exact, expected.dtype)
     else:

@@ -152,7 +152,7 @@ class WeightFile:
         self.names: dict[tuple[str, str], str] = {}
         self.backend: Backend | None = None
         self.error = ""
-        tensors = []
+        tensors: list[synth.SynthTensor] = []
         for case in cases:
             _, raw = case.materialize()
             for inp in case.inputs:

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,14 @@ class _Fail(Exception):
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise _Fail(message)
+
+
+def _weight(be: mlplug.Backend, name: str) -> mlplug.Tensor:
+    """Return the model tensor ``name``; fail the check when the backend has none."""
+    t = be.get(name)
+    if t is None:
+        raise _Fail(f"backend.get({name!r}) returned None")
+    return t
 
 
 @contextmanager
@@ -206,7 +215,7 @@ class _Runner:
             be.load()
             ctx = be.new_context()
             x = ctx.input().from_float_slice(np.ones((3, N_EMBD), np.float32), N_EMBD, 3)
-            w = be.get(f"blk.{BLOCKS - 1}.attn_q.weight")
+            w = _weight(be, f"blk.{BLOCKS - 1}.attn_q.weight")
             y = w.mulmat(ctx, x).rms_norm(ctx, None, 1e-5)
             ctx.forward(y)
             ctx.reserve()
@@ -329,11 +338,11 @@ class _Runner:
                    "progress not non-decreasing in [0, 1]")
             for t in GGUFReader(self.q8).tensors:
                 want = dequantize(t.data, t.tensor_type).reshape(-1)
-                got = be.get(t.name).floats()
+                got = _weight(be, t.name).floats()
                 _check(np.array_equal(got, want.astype(np.float32)), f"{t.name} differs")
             tied = be.get("output.weight")
             _check(tied is not None and np.array_equal(
-                tied.floats(), be.get("token_embd.weight").floats()), "tied output.weight")
+                tied.floats(), _weight(be, "token_embd.weight").floats()), "tied output.weight")
             event = threading.Event()
             event.set()
             try:
@@ -355,7 +364,7 @@ def run_memory_mode(backend: str) -> list[MemoryResult]:
     with tempfile.TemporaryDirectory(prefix="mlplug-memory-") as folder:
         runner = _Runner(backend, Path(folder))
         for gpus in range(4):
-            runner.run(f"memory/placement/{gpus}-gpus", lambda g=gpus: runner.placement(g))
+            runner.run(f"memory/placement/{gpus}-gpus", partial(runner.placement, gpus))
         runner.run("memory/sizes", runner.sizes)
         runner.run("memory/reserve-and-cache", runner.reserve_and_cache)
         runner.run("memory/out-of-memory", runner.out_of_memory)

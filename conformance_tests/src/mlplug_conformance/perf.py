@@ -23,7 +23,7 @@ import mlplug
 from mlplug.dtype import DType
 from mlplug.ops import OPS
 from mlplug_conformance.cases import Case
-from mlplug_conformance.cases.dsl import CREATE_WEIGHT, case, inp, step
+from mlplug_conformance.cases.dsl import CREATE_WEIGHT, Params, case, inp, step
 from mlplug_conformance.cases.elementwise import BINARY, UNARY
 from mlplug_conformance.cases.model import ints
 from mlplug_conformance.cases.program import build_inputs, build_steps, infer_step
@@ -35,7 +35,7 @@ EMBD, FFN, HEADS, KV_HEADS, HEAD_DIM, CONTEXT = 2048, 8192, 32, 8, 64, 2048
 _F32 = DType.F32
 
 
-def _unary_params(op: str) -> dict[str, float]:
+def _unary_params(op: str) -> Params:
     return {"scale": {"s": 0.5}, "clamp": {"lo": -1.0, "hi": 1.0}}.get(op, {})
 
 
@@ -230,7 +230,7 @@ def perf_cases() -> list[Case]:
         )
     )
     conv_in = [inp("k", _F32, 3, 3, 16, 32), inp("x", _F32, 64, 64, 16, 1)]
-    conv_p = {"s0": 1, "s1": 1, "p0": 1, "p1": 1, "d0": 1, "d1": 1}
+    conv_p: Params = {"s0": 1, "s1": 1, "p0": 1, "p1": 1, "d0": 1, "d1": 1}
     out.append(
         case(
             "conv_2d",

@@ -125,8 +125,8 @@ def format_table(
     lines.append("-" * len(header))
     lines.append(f"{'total':<37} " + " ".join(f"{total[s]:>11}" for s in shown))
     missing: dict[str, list[str]] = defaultdict(list)
-    for op, dt, _ in not_generated:
-        missing[op].append(dt.name)
+    for op, dtype, _ in not_generated:
+        missing[op].append(dtype.name)
     if missing:
         lines.append("")
         lines.append("not generated yet (weight-only dtypes come from GGUF files; not counted):")

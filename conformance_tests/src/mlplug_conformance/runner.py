@@ -197,12 +197,10 @@ def _run_cases(args: argparse.Namespace, support_only: bool) -> int:
         print(f"mlplug conformance: {err}", file=sys.stderr)
         return 2
     if support_only:
-        seen: set[tuple[str, str]] = set()
-        cases = [
-            c
-            for c in cases
-            if (c.op, c.dtype.name) not in seen and not seen.add((c.op, c.dtype.name))
-        ]  # type: ignore[func-returns-value]
+        first: dict[tuple[str, str], Case] = {}
+        for c in cases:
+            first.setdefault((c.op, c.dtype.name), c)
+        cases = list(first.values())
     not_generated = [
         (op, dt, why) for (op, dt), why in uncovered().items() if op in set(ops) and not args.case
     ]

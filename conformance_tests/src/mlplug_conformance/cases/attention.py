@@ -97,7 +97,6 @@ def generate() -> list[Case]:
     """Return the cases of this family."""
     out = []
     for kv in _CACHE:
-        common = {"dk": 32, "dv": 32}
         for flash in (False, True) if not kv.is_block else (True,):
             out.append(
                 _attention_case(
@@ -109,12 +108,21 @@ def generate() -> list[Case]:
                     tokens=3,
                     mask=DType.F32,
                     flash=flash,
-                    **common,
+                    dk=32,
+                    dv=32,
                 )
             )
         out.append(
             _attention_case(
-                kv, "h2-hkv2-l1-t1", heads=2, kv_heads=2, length=1, tokens=1, mask=None, **common
+                kv,
+                "h2-hkv2-l1-t1",
+                heads=2,
+                kv_heads=2,
+                length=1,
+                tokens=1,
+                mask=None,
+                dk=32,
+                dv=32,
             )
         )
         out.append(
@@ -140,7 +148,8 @@ def generate() -> list[Case]:
                 tokens=3,
                 mask=DType.F32,
                 mask_rows=8,
-                **common,
+                dk=32,
+                dv=32,
             )
         )
         out.append(
@@ -153,7 +162,8 @@ def generate() -> list[Case]:
                 tokens=2,
                 mask=DType.F32,
                 views=True,
-                **common,
+                dk=32,
+                dv=32,
             )
         )
     return out

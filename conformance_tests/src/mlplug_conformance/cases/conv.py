@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mlplug.dtype import DType
 
-from .dsl import CREATE_FLOAT, CREATE_WEIGHT, case, inp, step
+from .dsl import CREATE_FLOAT, CREATE_WEIGHT, Params, case, inp, step
 from .model import Case
 
 __all__ = ["generate"]
@@ -19,7 +19,7 @@ _CONV = [
 ]
 
 
-def _params(s0: int, s1: int, p0: int, p1: int, d0: int, d1: int) -> dict[str, int]:
+def _params(s0: int, s1: int, p0: int, p1: int, d0: int, d1: int) -> Params:
     return {"s0": s0, "s1": s1, "p0": p0, "p1": p1, "d0": d0, "d1": d1}
 
 

@@ -8,7 +8,10 @@ from mlplug.dtype import DType
 
 from .model import Case, Fill, Input, Step, ints, normal
 
-__all__ = ["CREATE_FLOAT", "CREATE_WEIGHT", "case", "default_fill", "inp", "step"]
+__all__ = ["CREATE_FLOAT", "CREATE_WEIGHT", "Params", "case", "default_fill", "inp", "step"]
+
+#: A step's op parameters, passed as ``step(..., **params)`` (values of any parameter type).
+Params = dict[str, Any]
 
 CREATE_FLOAT: tuple[DType, ...] = (DType.F32, DType.F16, DType.BF16)
 CREATE_WEIGHT: tuple[DType, ...] = (DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.Q4_0)

@@ -6,7 +6,7 @@ import math
 
 from mlplug.dtype import DType
 
-from .dsl import CREATE_FLOAT, case, inp, step
+from .dsl import CREATE_FLOAT, Params, case, inp, step
 from .model import Case, Fill, explicit, normal, specials, uniform
 
 __all__ = ["BINARY", "UNARY", "generate"]
@@ -34,7 +34,7 @@ _UNARY_SPECIALS: dict[str, list[float]] = {
     "relu": [_INF, -_INF, -0.0, 0.0],
     "scale": [_NAN, _INF, -_INF, 0.0],
 }
-_UNARY_PARAMS: dict[str, list[tuple[str, dict[str, float]]]] = {
+_UNARY_PARAMS: dict[str, list[tuple[str, Params]]] = {
     "scale": [("s0.37", {"s": 0.37}), ("s-3", {"s": -3.0}), ("s1e-3", {"s": 1e-3})],
     "clamp": [("lo-1-hi1.5", {"lo": -1.0, "hi": 1.5}), ("lo-gt-hi", {"lo": 0.5, "hi": -0.5})],
 }

@@ -9,11 +9,14 @@ the kernel's shape). Block types use ``ne0 = 256`` (whole blocks of 32 and 256).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 from mlplug.dtype import DType
 from mlplug.ops import OPS
 from mlplug_conformance.weights import WEIGHT_ONLY
 
-from .dsl import case, inp, step
+from .dsl import Params, case, inp, step
 from .model import Case, ints
 
 __all__ = ["generate"]
@@ -109,7 +112,7 @@ def _rows(dt: DType) -> list[Case]:
 
 def _im2col(dt: DType) -> list[Case]:
     kw = _ne0(dt)
-    p = {"s0": 1, "s1": 1, "p0": 0, "p1": 1, "d0": 1, "d1": 1}
+    p: Params = {"s0": 1, "s1": 1, "p0": 0, "p1": 1, "d0": 1, "d1": 1}
     return [
         case(
             "im2col",
@@ -123,14 +126,14 @@ def _im2col(dt: DType) -> list[Case]:
 
 def generate() -> list[Case]:
     """Return the cases of this family: every weight-only dtype each op accepts."""
-    makers = {
+    makers: dict[str, Callable[[DType], list[Case]]] = {
         "mulmat": lambda dt: _product("mulmat", dt),
         "mulmat_full_prec": lambda dt: _product("mulmat_full_prec", dt),
         "mulmat_id": _mulmat_id,
         "rows": _rows,
         "im2col": _im2col,
         **{
-            op: (lambda dt, op=op: _bytes_ops(op, dt))
+            op: partial(_bytes_ops, op)
             for op in ("reshape", "view", "permute", "contiguous", "duplicate", "copy")
         },
     }

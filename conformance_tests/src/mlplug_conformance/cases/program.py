@@ -79,28 +79,36 @@ def call(ctx: Context, op: str, ts: list[Tensor | None], p: dict[str, Any]) -> T
         return getattr(a, op)(ctx)
     if op in _ONE_OPERAND:
         return getattr(a, op)(ctx, rest[0])
+
+    def need(i: int) -> Tensor:
+        """Return operand ``i`` of ``rest``, which this op requires (not an absent optional)."""
+        t = rest[i]
+        if t is None:
+            raise ValueError(f"[conformance] {op}: operand {i + 1} is required, got None")
+        return t
+
     simple: dict[str, Any] = {
         "scale": lambda: a.scale(ctx, p["s"]),
         "clamp": lambda: a.clamp(ctx, p["lo"], p["hi"]),
-        "mulmat_id": lambda: a.mulmat_id(ctx, rest[0], rest[1]),
+        "mulmat_id": lambda: a.mulmat_id(ctx, need(0), need(1)),
         "layer_norm": lambda: a.layer_norm(ctx, rest[0], rest[1], p["eps"]),
         "rms_norm": lambda: a.rms_norm(ctx, rest[0], p["eps"]),
         "reshape": lambda: a.reshape(ctx, *p["shape"]),
         "view": lambda: a.view(ctx, p["offset"], *p["args"]),
         "permute": lambda: a.permute(ctx, *p["axes"]),
-        "set": lambda: a.set(ctx, rest[0], p["offset"], *p["strides"]),
+        "set": lambda: a.set(ctx, need(0), p["offset"], *p["strides"]),
         "pad": lambda: a.pad(ctx, *p["pads"]),
-        "concat": lambda: a.concat(ctx, rest[0], p["dim"]),
-        "stack": lambda: a.stack(ctx, p["dim"], *rest),
+        "concat": lambda: a.concat(ctx, need(0), p["dim"]),
+        "stack": lambda: a.stack(ctx, p["dim"], *(need(i) for i in range(len(rest)))),
         "repeat": lambda: a.repeat(ctx, p["dim"], p["n"]),
         "topk": lambda: a.topk(ctx, p["k"]),
-        "conv_2d": lambda: a.conv_2d(ctx, rest[0], *(p[k] for k in _CONV)),
-        "im2col": lambda: a.im2col(ctx, rest[0], *(p[k] for k in _CONV)),
+        "conv_2d": lambda: a.conv_2d(ctx, need(0), *(p[k] for k in _CONV)),
+        "im2col": lambda: a.im2col(ctx, need(0), *(p[k] for k in _CONV)),
         "avg_pool_2d": lambda: a.avg_pool_2d(ctx, p["k"], p["s"], p["p"]),
         "scaled_dot_product_attention": lambda: a.scaled_dot_product_attention(
-            ctx, rest[0], rest[1], rest[2], p["scale"]
+            ctx, need(0), need(1), rest[2], p["scale"]
         ),
-        "rope": lambda: a.rope(ctx, rest[0], rest[1], p["mode"]),
+        "rope": lambda: a.rope(ctx, need(0), need(1), p["mode"]),
     }
     if op not in simple:
         raise KeyError(f"[conformance] no public call known for op {op!r}")
@@ -294,7 +302,7 @@ def _run_step(
 def _cross_check_view(
     step: Step,
     srcs: tuple[np.ndarray | None, ...],
-    params: dict[str, Any],
+    params: Mapping[str, Any],
     meta: Meta,
     from_root: np.ndarray,
 ) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 from mlplug.dtype import DType
 
-from .dsl import CREATE_FLOAT, case, inp, step
+from .dsl import CREATE_FLOAT, Params, case, inp, step
 from .model import Case, Fill, ints, normal, specials
 
 __all__ = ["generate"]
@@ -22,7 +23,7 @@ _SHAPES: list[tuple[str, tuple[int, ...]]] = [
 ]
 
 
-def _row_cases(op: str, dt: DType, fill: Fill, **params: float) -> list[Case]:
+def _row_cases(op: str, dt: DType, fill: Fill, **params: Any) -> list[Case]:
     out = [
         case(op, dt, label, [inp("x", dt, *ne, fill=fill)], [step("y", op, "x", **params)])
         for label, ne in _SHAPES
@@ -148,17 +149,17 @@ def _sort_cases(op: str, dt: DType) -> list[Case]:
     ]
     out = []
     for label, ne, k in shapes:
-        params = {"k": k} if op == "topk" else {}
+        params: Params = {"k": k} if op == "topk" else {}
         tag = f"-k{k}" if op == "topk" else ""
         out.append(case(op, dt, label + tag, [inp("x", dt, *ne)], [step("y", op, "x", **params)]))
-    params = {"k": 4} if op == "topk" else {}
+    top_params: Params = {"k": 4} if op == "topk" else {}
     out.append(
         case(
             op,
             dt,
             "ties-20x3",
             [inp("x", dt, 20, 3, fill=ints(0, 4))],
-            [step("y", op, "x", **params)],
+            [step("y", op, "x", **top_params)],
         )
     )
     out.append(
@@ -167,7 +168,7 @@ def _sort_cases(op: str, dt: DType) -> list[Case]:
             dt,
             "permuted-6x11",
             [inp("x", dt, 6, 11)],
-            [step("t", "permute", "x", axes=(1, 0, 2, 3)), step("y", op, "t", **params)],
+            [step("t", "permute", "x", axes=(1, 0, 2, 3)), step("y", op, "t", **top_params)],
         )
     )
     if op == "argsort":
