@@ -1,4 +1,4 @@
-"""Static checks the style guide asks for: mypy on core, the import-linter contracts."""
+"""Static checks the style guide asks for: mypy on core, plugins and conformance; import-linter."""
 
 from __future__ import annotations
 
@@ -15,6 +15,25 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_mypy_on_core() -> None:
     pytest.importorskip("mypy")
     out = subprocess.run([sys.executable, "-m", "mypy", "core/src/mlplug"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# Each tree is checked in its own mypy run: the packages are separate distributions.
+_PLUGIN_TREES = [
+    "plugins/cpu/src",
+    "plugins/metal/src",
+    "conformance_tests/src",
+    "examples/mlplug-example-plugin/src",
+]
+
+
+@pytest.mark.parametrize("tree", _PLUGIN_TREES)
+def test_mypy_on_plugins_and_conformance(tree: str) -> None:
+    pytest.importorskip("mypy")
+    if not (ROOT / tree).is_dir():
+        pytest.skip(f"{tree} is not in this checkout")
+    out = subprocess.run([sys.executable, "-m", "mypy", tree], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from mlplug.device import DType, Node, TensorRef
@@ -28,7 +29,7 @@ FLOATS = frozenset({DType.F32, DType.F16})
 """The float dtypes this plugin computes on (BF16 and the quantised types are left out)."""
 
 # How each supported dtype is stored: numpy has all three natively.
-_NUMPY = {
+_NUMPY: dict[DType, np.dtype[Any]] = {
     DType.F32: np.dtype(np.float32),
     DType.F16: np.dtype(np.float16),
     DType.I32: np.dtype(np.int32),

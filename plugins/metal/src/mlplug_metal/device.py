@@ -96,7 +96,9 @@ class MlxDevice:
         "name",
     )
 
-    def __init__(self, mx_device: mx.Device, *, memory_limit: int | None = None) -> None:
+    def __init__(
+        self, mx_device: mx.Device | mx.DeviceType, *, memory_limit: int | None = None
+    ) -> None:
         self.name = "Metal"
         self.id = ""
         self.kind = "gpu"

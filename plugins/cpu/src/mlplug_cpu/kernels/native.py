@@ -16,6 +16,7 @@ product returns ``False`` and the caller's numpy path (decode the weight to F32,
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from collections.abc import Iterator
@@ -43,7 +44,7 @@ CHUNK_ELEMENTS = 1 << 22
 
 _native: ModuleType | None
 try:
-    from mlplug_cpu import _native
+    _native = importlib.import_module("mlplug_cpu._native")  # a C extension: no stub to check
 except ImportError:  # built without a compiler: numpy kernels only
     _native = None
 
@@ -157,7 +158,7 @@ def weight_product(a: TensorRef, b: TensorRef, out: TensorRef) -> bool:
     Handles any batch broadcast (block repeat in dims 2 and 3) by one native call per 2-D slice,
     or one call for all rows when ``a`` is a single matrix and ``b``/``out`` rows are uniform.
     """
-    if not _weight_ok(a) or not _native.supported(a.dtype.ggml_type, a.ne[0]):  # type: ignore[union-attr]
+    if _native is None or not _weight_ok(a) or not _native.supported(a.dtype.ggml_type, a.ne[0]):
         return False
     src, dst = _rows(b), _rows(out)
     if src is None or dst is None:
@@ -212,8 +213,10 @@ def _uniform(ref: TensorRef) -> bool:
 
 def expert_product(experts: TensorRef, expert: int, x: np.ndarray) -> np.ndarray | None:
     """Return ``x @ experts[:, :, expert]ᵀ`` (``x`` F32 ``(T, K)``) natively, or ``None``."""
-    if not _weight_ok(experts) or not _native.supported(  # type: ignore[union-attr]
-        experts.dtype.ggml_type, experts.ne[0]
+    if (
+        _native is None
+        or not _weight_ok(experts)
+        or not _native.supported(experts.dtype.ggml_type, experts.ne[0])
     ):
         return None
     weight = _buffer(experts)

@@ -436,13 +436,14 @@ def load(ref: TensorRef) -> mx.array:
     if ref.n == 0:
         return mx.zeros(np_shape(ref), mx.float32)
     found = held(ref)
-    if found is not None and isinstance(found[0], AffineWeight):
+    if found is not None:
         weight, whole = found
-        if whole:
-            return weight.values()
-        start = buffer_of(ref).held_at(*ref.span())
-        assert start is not None
-        return _held_values(ref, weight, start[0])
+        if isinstance(weight, AffineWeight):
+            if whole:
+                return weight.values()
+            start = buffer_of(ref).held_at(*ref.span())
+            assert start is not None
+            return _held_values(ref, weight, start[0])
     return decode(raw(ref), ref.dtype)  # a DenseWeight's window reads its GGUF bytes
 
 
