@@ -47,8 +47,17 @@ def make_model(path: Path, size_gb: float, dtype: DType) -> None:
     per_layer = (2 * n_embd * n_embd + 2 * n_embd * 256 + 3 * n_embd * n_ff) * bytes_per_param
     embed = 2 * n_embd * n_vocab * bytes_per_param
     layers = max(1, round((size_gb * 1e9 - embed) / per_layer))
-    synth.write_llama_gguf(path, n_layers=layers, n_embd=n_embd, n_head=32, n_head_kv=4,
-                           n_ff=n_ff, n_vocab=n_vocab, weight_type=dtype, seed=0)
+    synth.write_llama_gguf(
+        path,
+        n_layers=layers,
+        n_embd=n_embd,
+        n_head=32,
+        n_head_kv=4,
+        n_ff=n_ff,
+        n_vocab=n_vocab,
+        weight_type=dtype,
+        seed=0,
+    )
 
 
 def time_cat(path: Path) -> float:
@@ -61,8 +70,9 @@ def time_cat(path: Path) -> float:
 
 def time_mlplug(path: Path) -> tuple[float, float, int]:
     """Return (construct seconds, load seconds, peak RSS bytes) from a fresh process."""
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, check=True
+    )
     construct, load, rss = out.stdout.split()
     return float(construct), float(load), int(rss)
 

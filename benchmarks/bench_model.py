@@ -42,8 +42,14 @@ from typing import Any
 import numpy as np
 
 # TinyLlama-1.1B.
-SHAPE = {"n_layers": 22, "n_embd": 2048, "n_head": 32, "n_head_kv": 4, "n_ff": 5632,
-         "n_vocab": 32000}
+SHAPE = {
+    "n_layers": 22,
+    "n_embd": 2048,
+    "n_head": 32,
+    "n_head_kv": 4,
+    "n_ff": 5632,
+    "n_vocab": 32000,
+}
 TYPES = ("F16", "Q8_0", "Q4_0")
 SIDES = ("mlplug", "llama.cpp")
 N_SPECIAL = 3  # <unk>, <s>, </s>
@@ -83,8 +89,13 @@ def make_model(path: Path, type_name: str) -> None:
     from mlplug_conformance import synth
 
     tmp = path.with_suffix(".tmp")
-    synth.write_llama_gguf(tmp, **SHAPE, weight_type=DType[type_name], seed=0,
-                           extra_metadata=vocab_metadata(SHAPE["n_vocab"]))
+    synth.write_llama_gguf(
+        tmp,
+        **SHAPE,
+        weight_type=DType[type_name],
+        seed=0,
+        extra_metadata=vocab_metadata(SHAPE["n_vocab"]),
+    )
     tmp.rename(path)
 
 
@@ -131,8 +142,10 @@ def machine() -> str:
             blas = f"{info[0]['internal_api']} {info[0]['version']}"
     except ImportError:
         pass
-    return (f"{os.cpu_count()} CPUs ({cpu}), {mem_gib} RAM, {platform.system()}, "
-            f"Python {platform.python_version()}, numpy {np.__version__} ({blas})")
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {mem_gib} RAM, {platform.system()}, "
+        f"Python {platform.python_version()}, numpy {np.__version__} ({blas})"
+    )
 
 
 def bandwidth(mib: int = 512, repeats: int = 5) -> float:
@@ -179,8 +192,13 @@ def run_llama_cpp(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     start = time.perf_counter()
     llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=args.prompt + args.decode + 64, n_batch=512, n_ubatch=512,
-        n_threads=args.threads, n_threads_batch=args.threads, verbose=False,
+        model_path=str(path),
+        n_ctx=args.prompt + args.decode + 64,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        verbose=False,
     )
     load = time.perf_counter() - start
     prompt, steps = _tokens(args.prompt, 1), _tokens(args.decode, 2)
@@ -195,8 +213,7 @@ def run_llama_cpp(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         spent += decode[-1]
         if spent > args.decode_budget:
             break
-    return {"version": llama_cpp.__version__, "load_s": load, "prompt_s": times,
-            "decode_s": decode}
+    return {"version": llama_cpp.__version__, "load_s": load, "prompt_s": times, "decode_s": decode}
 
 
 def run_mlplug(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -205,8 +222,9 @@ def run_mlplug(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     from mlplug.models.llama import Batch, Llama
 
     start = time.perf_counter()
-    backend = mlplug.new_backend(str(path), mlplug.BackendParams(num_threads=args.threads),
-                                 backend="cpu")
+    backend = mlplug.new_backend(
+        str(path), mlplug.BackendParams(num_threads=args.threads), backend="cpu"
+    )
     backend.load()
     model = Llama(backend)
     cache = model.new_cache(capacity=args.prompt + args.decode + 64, max_batch=512)
@@ -224,8 +242,12 @@ def run_mlplug(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         spent += decode[-1]
         if spent > args.decode_budget:
             break
-    result: dict[str, Any] = {"version": mlplug.__version__, "load_s": load, "prompt_s": times,
-                              "decode_s": decode}
+    result: dict[str, Any] = {
+        "version": mlplug.__version__,
+        "load_s": load,
+        "prompt_s": times,
+        "decode_s": decode,
+    }
     if args.profile:
         pos = args.prompt + len(decode)
         result["profile"] = _profile(model, cache, Batch.single([N_SPECIAL + 256], pos), "decode")
@@ -254,10 +276,24 @@ def _profile(model: Any, cache: Any, batch: Any, what: str) -> str:
 
 def child(side: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Run one side in a fresh process and return its measurements."""
-    cmd = [sys.executable, __file__, "--child", side, "--model", str(path),
-           "--threads", str(args.threads), "--prompt", str(args.prompt),
-           "--decode", str(args.decode), "--decode-budget", str(args.decode_budget),
-           "--repeats", str(args.repeats)] + (["--profile"] if args.profile else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        side,
+        "--model",
+        str(path),
+        "--threads",
+        str(args.threads),
+        "--prompt",
+        str(args.prompt),
+        "--decode",
+        str(args.decode),
+        "--decode-budget",
+        str(args.decode_budget),
+        "--repeats",
+        str(args.repeats),
+    ] + (["--profile"] if args.profile else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         sys.stderr.write(out.stderr)
@@ -276,11 +312,17 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--decode", type=int, default=128)
-    parser.add_argument("--decode-budget", type=float, default=300.0,
-                        help="stop decoding after this many seconds (per side)")
+    parser.add_argument(
+        "--decode-budget",
+        type=float,
+        default=300.0,
+        help="stop decoding after this many seconds (per side)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="prompt runs (best is kept)")
     parser.add_argument("--side", default="both", choices=("both", *SIDES))
-    parser.add_argument("--profile", action="store_true", help="cProfile one mlplug decode step and prompt")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile one mlplug decode step and prompt"
+    )
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -293,12 +335,16 @@ def main() -> int:
         return 0
 
     print(machine())
-    print(f"threads {args.threads}, prompt {args.prompt}, decode {args.decode} "
-          f"(budget {args.decode_budget:g} s), prompt repeats {args.repeats}")
+    print(
+        f"threads {args.threads}, prompt {args.prompt}, decode {args.decode} "
+        f"(budget {args.decode_budget:g} s), prompt repeats {args.repeats}"
+    )
     bw = bandwidth()
     peak = blas_peak(args.threads)
-    print(f"numpy copy {bw / 1e9:.1f} GB/s (read + write), BLAS F32 matmul "
-          f"{peak / 1e9:.1f} GFLOP/s ({args.threads} threads)\n")
+    print(
+        f"numpy copy {bw / 1e9:.1f} GB/s (read + write), BLAS F32 matmul "
+        f"{peak / 1e9:.1f} GFLOP/s ({args.threads} threads)\n"
+    )
 
     folder = Path(args.keep or tempfile.mkdtemp(prefix="mlplug-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -309,14 +355,18 @@ def main() -> int:
         if not path.exists():
             start = time.perf_counter()
             make_model(path, type_name)
-            print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in "
-                  f"{time.perf_counter() - start:.0f} s")
+            print(
+                f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in "
+                f"{time.perf_counter() - start:.0f} s"
+            )
         read, params = weight_bytes(path)
         decode_floor = read / bw
         prompt_floor = 2 * params * args.prompt / peak
-        print(f"{type_name}: {read / 1e9:.3f} GB read per token -> decode floor "
-              f"{1 / decode_floor:.1f} tok/s; {params / 1e9:.3f} G matrix params -> prompt floor "
-              f"{args.prompt / prompt_floor:.1f} tok/s")
+        print(
+            f"{type_name}: {read / 1e9:.3f} GB read per token -> decode floor "
+            f"{1 / decode_floor:.1f} tok/s; {params / 1e9:.3f} G matrix params -> prompt floor "
+            f"{args.prompt / prompt_floor:.1f} tok/s"
+        )
         result = {}
         for side in sides:
             r = child(side, path, args)
@@ -324,9 +374,12 @@ def main() -> int:
             prompt_tps = args.prompt / min(r["prompt_s"])
             decode_tps = len(r["decode_s"]) / sum(r["decode_s"])
             rows.append((type_name, side, prompt_tps, decode_tps, len(r["decode_s"])))
-            print(f"  {side:9} {r['version']:8} load {r['load_s']:6.1f} s  prompt "
-                  f"{prompt_tps:8.2f} tok/s  decode {decode_tps:7.2f} tok/s "
-                  f"({len(r['decode_s'])} steps)", flush=True)
+            print(
+                f"  {side:9} {r['version']:8} load {r['load_s']:6.1f} s  prompt "
+                f"{prompt_tps:8.2f} tok/s  decode {decode_tps:7.2f} tok/s "
+                f"({len(r['decode_s'])} steps)",
+                flush=True,
+            )
             if "profile" in r:
                 print(r["profile"])
 

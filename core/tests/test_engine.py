@@ -41,10 +41,12 @@ def test_fresh_strides_examples(ctx: Context) -> None:
     assert [q.stride(i) for i in range(4)] == [34, 68, 136, 136]
 
 
-@pytest.mark.parametrize(("shape", "expected"), [((4, 1, 1), (4,)), ((1, 1), (1,)),
-                                                 ((1, 4), (1, 4)), ((3, 0, 2), (0,))])
-def test_shape_drops_trailing_ones(ctx: Context, shape: tuple[int, ...],
-                                   expected: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(
+    ("shape", "expected"), [((4, 1, 1), (4,)), ((1, 1), (1,)), ((1, 4), (1, 4)), ((3, 0, 2), (0,))]
+)
+def test_shape_drops_trailing_ones(
+    ctx: Context, shape: tuple[int, ...], expected: tuple[int, ...]
+) -> None:
     t = ctx.input().zeros(DType.F32, *shape)
     assert t.shape() == expected
     with pytest.raises(IndexError):
@@ -110,8 +112,9 @@ def test_forward_compute_and_readability(ctx: Context) -> None:
     with pytest.raises(NotComputedError):
         c.floats()
     ctx.forward(d).compute(d)
-    assert d.floats().tolist() == [2 * v for v in
-                                   [100, 201, 302, 103, 204, 305, 106, 207, 308, 109, 210, 311]]
+    assert d.floats().tolist() == [
+        2 * v for v in [100, 201, 302, 103, 204, 305, 106, 207, 308, 109, 210, 311]
+    ]
     with pytest.raises(NotComputedError):  # intermediate, never listed
         c.floats()
 
@@ -199,8 +202,13 @@ def test_close_family_and_backend(toy: mlplug.Backend) -> None:
     n = a.neg(ctx)
     ctx.forward(n).compute(n)
     inp.close()  # closing any member closes the family
-    for call in (n.floats, a.floats, lambda: ctx.forward(n), lambda: ctx.compute(),
-                 lambda: ctx.input()):
+    for call in (
+        n.floats,
+        a.floats,
+        lambda: ctx.forward(n),
+        lambda: ctx.compute(),
+        lambda: ctx.input(),
+    ):
         with pytest.raises(ContextError):
             call()
     ctx.close()  # idempotent
@@ -235,8 +243,9 @@ def test_multi_device_graph_equals_single_device() -> None:
     results = []
     for gpus, layers in ((0, 0), (2, 1)):
         plugin, devices = toy_plugin(gpus)
-        backend = plugin.factory(None, BackendParams(num_gpu_layers=layers, main_gpu=gpus - 1
-                                                     if gpus else 0))
+        backend = plugin.factory(
+            None, BackendParams(num_gpu_layers=layers, main_gpu=gpus - 1 if gpus else 0)
+        )
         ctx = backend.new_context()
         wt = ctx.layer(0).from_float_slice(w, 8, 5)
         xt = ctx.input().from_float_slice(x, 8, 3)
@@ -397,7 +406,8 @@ def test_out_of_memory_while_executing_becomes_errnomem() -> None:
             raise mlplug.device.DeviceOutOfMemory(self.name, 1 << 30, 0)
 
     plugin = mlplug.device.EnginePlugin(
-        "lazy", lambda p: [ToyDevice("CPU", "cpu"), Lazy("LAZY0", "gpu")])
+        "lazy", lambda p: [ToyDevice("CPU", "cpu"), Lazy("LAZY0", "gpu")]
+    )
     backend = plugin.factory(None, BackendParams(num_gpu_layers=1))
     ctx = backend.new_context()
     y = ctx.layer(0).from_float_slice([1.0], 1).neg(ctx)

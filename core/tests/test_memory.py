@@ -9,12 +9,22 @@ A, F, U = AllocationStatus.ALLOCATED, AllocationStatus.FAILED, AllocationStatus.
 
 EXAMPLE = BackendMemory(
     input_weights=Memory(262144000, A),
-    cpu=DeviceMemory("CPU", "", (Memory(), Memory(), Memory(51380224, A)),
-                     (Memory(), Memory(), Memory()), Memory(16777216, A)),
-    gpus=(DeviceMemory("CUDA0", "GPU-1a2b",
-                       (Memory(100663296, A), Memory(100663296, A), Memory()),
-                       (Memory(8388608, A), Memory(8388608, A), Memory()),
-                       Memory(301989888, A)),),
+    cpu=DeviceMemory(
+        "CPU",
+        "",
+        (Memory(), Memory(), Memory(51380224, A)),
+        (Memory(), Memory(), Memory()),
+        Memory(16777216, A),
+    ),
+    gpus=(
+        DeviceMemory(
+            "CUDA0",
+            "GPU-1a2b",
+            (Memory(100663296, A), Memory(100663296, A), Memory()),
+            (Memory(8388608, A), Memory(8388608, A), Memory()),
+            Memory(301989888, A),
+        ),
+    ),
 )
 
 
@@ -54,8 +64,9 @@ def test_summary_example() -> None:
 
 
 def test_summary_marks_failed_cells() -> None:
-    mem = BackendMemory(Memory(), DeviceMemory("CPU", "", (Memory(2048, F),), (Memory(),),
-                                               Memory()))
+    mem = BackendMemory(
+        Memory(), DeviceMemory("CPU", "", (Memory(2048, F),), (Memory(),), Memory())
+    )
     lines = mem.summary().splitlines()
     assert lines[1].split()[1:4] == ["2.0", "KiB", "(failed)"]
     assert lines[2].endswith("2.0 KiB (failed)")
@@ -63,4 +74,9 @@ def test_summary_marks_failed_cells() -> None:
 
 def test_format_bytes() -> None:
     assert [format_bytes(n) for n in (0, 1023, 1024, 1536 * 1024**2, 512 * 1024**2)] == [
-        "0 B", "1023 B", "1.0 KiB", "1.5 GiB", "512.0 MiB"]
+        "0 B",
+        "1023 B",
+        "1.0 KiB",
+        "1.5 GiB",
+        "512.0 MiB",
+    ]

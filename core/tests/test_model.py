@@ -43,10 +43,20 @@ def layers_of(be: mlplug.Backend) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "dtype", [DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q6_K])
+    "dtype", [DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q6_K]
+)
 def test_weights_load_with_gguf_values(tmp_path: Path, dtype: DType) -> None:
-    path = synth.write_llama_gguf(tmp_path / "m.gguf", n_layers=2, n_embd=256, n_head=4,
-                                  n_head_kv=2, n_ff=512, n_vocab=64, weight_type=dtype, seed=3)
+    path = synth.write_llama_gguf(
+        tmp_path / "m.gguf",
+        n_layers=2,
+        n_embd=256,
+        n_head=4,
+        n_head_kv=2,
+        n_ff=512,
+        n_vocab=64,
+        weight_type=dtype,
+        seed=3,
+    )
     be, _ = backend(path)
     be.load()
     reader = GGUFReader(path)
@@ -59,8 +69,16 @@ def test_weights_load_with_gguf_values(tmp_path: Path, dtype: DType) -> None:
 
 
 def placement_model(tmp_path: Path, blocks: int = 32) -> Path:
-    return synth.write_llama_gguf(tmp_path / "p.gguf", n_layers=blocks, n_embd=32, n_head=2,
-                                  n_head_kv=1, n_ff=32, n_vocab=16, seed=0)
+    return synth.write_llama_gguf(
+        tmp_path / "p.gguf",
+        n_layers=blocks,
+        n_embd=32,
+        n_head=2,
+        n_head_kv=1,
+        n_ff=32,
+        n_vocab=16,
+        seed=0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -74,8 +92,9 @@ def placement_model(tmp_path: Path, blocks: int = 32) -> Path:
     ],
 )
 def test_worked_placement_table(tmp_path: Path, n: int, main: int, expected: list[str]) -> None:
-    be, _ = backend(placement_model(tmp_path), 2, num_gpu_layers=n, main_gpu=main,
-                    tensor_split=(1, 1))
+    be, _ = backend(
+        placement_model(tmp_path), 2, num_gpu_layers=n, main_gpu=main, tensor_split=(1, 1)
+    )
     assert layers_of(be) == expected
     assert be.get("token_embd.weight")._storage.device == 0  # input weights always CPU
     be.close()
@@ -98,15 +117,27 @@ def test_invalid_params(tmp_path: Path) -> None:
 
 
 def test_memory_report_sizes_and_statuses(tmp_path: Path) -> None:
-    path = synth.write_llama_gguf(tmp_path / "m.gguf", n_layers=2, n_embd=64, n_head=2,
-                                  n_head_kv=1, n_ff=96, n_vocab=10, seed=0, tied_output=True)
+    path = synth.write_llama_gguf(
+        tmp_path / "m.gguf",
+        n_layers=2,
+        n_embd=64,
+        n_head=2,
+        n_head_kv=1,
+        n_ff=96,
+        n_vocab=10,
+        seed=0,
+        tied_output=True,
+    )
     be, _ = backend(path, 1, num_gpu_layers=3)
     mem = be.backend_memory()
     emb = 64 * 10 * 4
     assert mem.input_weights == Memory(emb, A)
     per_layer = 2 * 256 + 4 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 96)
-    assert mem.gpus[0].weights == (Memory(per_layer, A), Memory(per_layer, A),
-                                   Memory(256 + emb, A))  # output_norm + tied output.weight
+    assert mem.gpus[0].weights == (
+        Memory(per_layer, A),
+        Memory(per_layer, A),
+        Memory(256 + emb, A),
+    )  # output_norm + tied output.weight
     assert mem.cpu.weights == (Memory(), Memory(), Memory())
     assert mem.gpus[0].name == "TOY0" and mem.gpus[0].id == "id-TOY0"
     assert be.get("output.weight").name == "output.weight"
@@ -163,9 +194,16 @@ def test_load_progress_cancel_and_readability(tmp_path: Path) -> None:
 
 def test_per_layer_rope_freqs_and_get(tmp_path: Path) -> None:
     freqs = np.linspace(1, 2, 8, dtype=np.float32)
-    path = synth.write_llama_gguf(tmp_path / "r.gguf", n_layers=2, n_embd=32, n_head=2,
-                                  n_head_kv=2, n_ff=32, n_vocab=8,
-                                  extra_tensors=[("rope_freqs.weight", freqs, DType.F32)])
+    path = synth.write_llama_gguf(
+        tmp_path / "r.gguf",
+        n_layers=2,
+        n_embd=32,
+        n_head=2,
+        n_head_kv=2,
+        n_ff=32,
+        n_vocab=8,
+        extra_tensors=[("rope_freqs.weight", freqs, DType.F32)],
+    )
     be, _ = backend(path, 1, num_gpu_layers=1)
     be.load()
     assert be.get("rope_freqs.weight") is None
@@ -197,8 +235,9 @@ def test_malformed_files_raise_gguf_error_and_leak_nothing(tmp_path: Path) -> No
 def test_inputs_on_two_gpus_gather_on_main_gpu(tmp_path: Path, main: int) -> None:
     path = placement_model(tmp_path, blocks=4)
     plugin, devices = toy_plugin(2)
-    be = plugin.factory(str(path), BackendParams(num_gpu_layers=4, main_gpu=main,
-                                                 tensor_split=(1, 1)))
+    be = plugin.factory(
+        str(path), BackendParams(num_gpu_layers=4, main_gpu=main, tensor_split=(1, 1))
+    )
     ctx = be.new_context()
     a = ctx.layer(0).from_float_slice([1, 2, 3], 3)  # layers 0-1 -> TOY0
     b = ctx.layer(2).from_float_slice([10, 20, 30], 3)  # layers 2-3 -> TOY1

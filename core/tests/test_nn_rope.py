@@ -53,5 +53,5 @@ def test_fused_and_composite_paths_agree(name: str, permuted: bool) -> None:
     composite, n_composite = _rotate(RoPE(config, factors, fused=False), x, positions, permuted)
     np.testing.assert_allclose(fused, composite, rtol=1e-6, atol=1e-6)
     assert not np.array_equal(fused, x)
-    np.testing.assert_array_equal(fused[..., config.n_dims:], x[..., config.n_dims:])
+    np.testing.assert_array_equal(fused[..., config.n_dims :], x[..., config.n_dims :])
     assert n_fused < n_composite

@@ -19,12 +19,13 @@ def z(ctx: Context, dtype: DType, *shape: int) -> Tensor:
 
 # op -> a call that violates a shape rule
 SHAPE_ERRORS: dict[str, Callable[[Context], object]] = {
-    **{op: (lambda c, op=op: getattr(z(c, F32, 4), op)(c, z(c, F32, 3)))
-       for op in ("add", "sub", "mul", "div")},
+    **{
+        op: (lambda c, op=op: getattr(z(c, F32, 4), op)(c, z(c, F32, 3)))
+        for op in ("add", "sub", "mul", "div")
+    },
     "mulmat": lambda c: z(c, F32, 4, 2).mulmat(c, z(c, F32, 3, 2)),
     "mulmat_full_prec": lambda c: z(c, F32, 4, 2, 3).mulmat_full_prec(c, z(c, F32, 4, 2, 4)),
-    "mulmat_id": lambda c: z(c, F32, 4, 3, 5).mulmat_id(c, z(c, F32, 4, 1, 2),
-                                                        z(c, I32, 2, 3)),
+    "mulmat_id": lambda c: z(c, F32, 4, 3, 5).mulmat_id(c, z(c, F32, 4, 1, 2), z(c, I32, 2, 3)),
     "layer_norm": lambda c: z(c, F32, 4).layer_norm(c, z(c, F32, 3), None, 1e-5),
     "rms_norm": lambda c: z(c, F32, 4, 2).rms_norm(c, z(c, F32, 4, 3), 1e-5),
     "reshape": lambda c: z(c, F32, 4, 3).reshape(c, 5, 2),
@@ -42,23 +43,64 @@ SHAPE_ERRORS: dict[str, Callable[[Context], object]] = {
     "im2col": lambda c: z(c, F32, 9, 9, 3, 4).im2col(c, z(c, F32, 8, 8, 3, 1), 1, 1, 0, 0, 1, 1),
     "avg_pool_2d": lambda c: z(c, F32, 2, 2).avg_pool_2d(c, 3, 1, 0),
     "scaled_dot_product_attention": lambda c: z(c, F32, 8, 4, 2).scaled_dot_product_attention(
-        c, z(c, F32, 8, 3, 5), z(c, F32, 8, 3, 5), None, 0.1),
+        c, z(c, F32, 8, 3, 5), z(c, F32, 8, 3, 5), None, 0.1
+    ),
     "rope": lambda c: z(c, F32, 8, 2, 3).rope(c, z(c, F32, 5, 3), z(c, F32, 5, 3), 0),
 }
 # Ops with no shape operand or parameter to violate: unary and row ops on any extents, sorting.
-NO_SHAPE_RULE = {"neg", "sin", "cos", "tanh", "gelu", "silu", "relu", "sigmoid", "sqr", "sqrt",
-                 "scale", "clamp", "softmax", "sum_rows", "mean", "variance", "stddev",
-                 "contiguous", "duplicate", "argsort", "arange"}
+NO_SHAPE_RULE = {
+    "neg",
+    "sin",
+    "cos",
+    "tanh",
+    "gelu",
+    "silu",
+    "relu",
+    "sigmoid",
+    "sqr",
+    "sqrt",
+    "scale",
+    "clamp",
+    "softmax",
+    "sum_rows",
+    "mean",
+    "variance",
+    "stddev",
+    "contiguous",
+    "duplicate",
+    "argsort",
+    "arange",
+}
 
 # op -> a call with an operand dtype the op does not accept
 DTYPE_ERRORS: dict[str, Callable[[Context], object]] = {
-    **{op: (lambda c, op=op: getattr(z(c, I32, 4), op)(c))
-       for op in ("neg", "sin", "cos", "tanh", "gelu", "silu", "relu", "sigmoid", "sqr", "sqrt",
-                  "softmax", "sum_rows", "mean", "variance", "stddev", "argsort")},
+    **{
+        op: (lambda c, op=op: getattr(z(c, I32, 4), op)(c))
+        for op in (
+            "neg",
+            "sin",
+            "cos",
+            "tanh",
+            "gelu",
+            "silu",
+            "relu",
+            "sigmoid",
+            "sqr",
+            "sqrt",
+            "softmax",
+            "sum_rows",
+            "mean",
+            "variance",
+            "stddev",
+            "argsort",
+        )
+    },
     "scale": lambda c: z(c, I32, 4).scale(c, 2.0),
     "clamp": lambda c: z(c, I32, 4).clamp(c, 0.0, 1.0),
-    **{op: (lambda c, op=op: getattr(z(c, F32, 4), op)(c, z(c, I32, 4)))
-       for op in ("add", "sub", "mul", "div")},
+    **{
+        op: (lambda c, op=op: getattr(z(c, F32, 4), op)(c, z(c, I32, 4)))
+        for op in ("add", "sub", "mul", "div")
+    },
     "mulmat": lambda c: z(c, F32, 4).mulmat(c, z(c, F16, 4)),
     "mulmat_full_prec": lambda c: z(c, I32, 4).mulmat_full_prec(c, z(c, F32, 4)),
     "mulmat_id": lambda c: z(c, F32, 4, 3, 5).mulmat_id(c, z(c, F32, 4, 1, 2), z(c, F32, 2, 2)),
@@ -76,7 +118,8 @@ DTYPE_ERRORS: dict[str, Callable[[Context], object]] = {
     "im2col": lambda c: z(c, F32, 3, 3, 3, 4).im2col(c, z(c, F16, 8, 8, 3, 1), 1, 1, 0, 0, 1, 1),
     "avg_pool_2d": lambda c: z(c, I32, 4, 4).avg_pool_2d(c, 2, 2, 0),
     "scaled_dot_product_attention": lambda c: z(c, F16, 8, 4, 2).scaled_dot_product_attention(
-        c, z(c, F32, 8, 2, 5), z(c, F32, 8, 2, 5), None, 0.1),
+        c, z(c, F32, 8, 2, 5), z(c, F32, 8, 2, 5), None, 0.1
+    ),
     "arange": lambda c: c.arange(0, 4, 1, DType.F16),
     "rope": lambda c: z(c, F16, 8, 2, 3).rope(c, z(c, F32, 4, 3), z(c, F32, 4, 3), 2),
 }
@@ -145,7 +188,8 @@ def test_mulmat_message_names_values(ctx: Context) -> None:
         (lambda c: z(c, F32, 4, 1, 3).rope(c, z(c, F32, 2, 3), z(c, F32, 1, 3), 0), ShapeError),
     ],
 )
-def test_invalid_parameters(ctx: Context, call: Callable[[Context], object],
-                            error: type[Exception]) -> None:
+def test_invalid_parameters(
+    ctx: Context, call: Callable[[Context], object], error: type[Exception]
+) -> None:
     with pytest.raises(error):
         call(ctx)

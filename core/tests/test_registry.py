@@ -78,19 +78,25 @@ def test_plain_callable_entry_point(fake_eps: list) -> None:
     fake_eps.append(ep("plain", f"{mod}:register"))
     info = Registry().list_backends()[0]
     assert (info.name, info.available, info.priority, info.provider) == (
-        "plain", True, 3, "fakeplug_plain:register")
+        "plain",
+        True,
+        3,
+        "fakeplug_plain:register",
+    )
 
 
 def test_broken_plugins_are_listed_with_reasons(fake_eps: list) -> None:
     def boom(registry):  # type: ignore[no-untyped-def]
         raise RuntimeError("driver missing")
 
-    fake_eps.extend([
-        ep("missing", "fakeplug_does_not_exist"),
-        ep("boom", f"{_module('fakeplug_boom', register=boom)}:register"),
-        ep("liar", hook_module("fakeplug_liar", "other")),
-        ep("good", hook_module("fakeplug_good", "good")),
-    ])
+    fake_eps.extend(
+        [
+            ep("missing", "fakeplug_does_not_exist"),
+            ep("boom", f"{_module('fakeplug_boom', register=boom)}:register"),
+            ep("liar", hook_module("fakeplug_liar", "other")),
+            ep("good", hook_module("fakeplug_good", "good")),
+        ]
+    )
     reg = Registry()
     with pytest.warns(RuntimeWarning) as caught:
         infos = {i.name: i for i in reg.list_backends()}
@@ -106,8 +112,12 @@ def test_broken_plugins_are_listed_with_reasons(fake_eps: list) -> None:
 
 def test_conflicting_distributions(fake_eps: list) -> None:
     other, _ = toy_plugin()
-    fake_eps.extend([ep("dup", hook_module("fakeplug_d1", "dup")),
-                     ep("dup", hook_module("fakeplug_d2", "dup", factory=other.factory))])
+    fake_eps.extend(
+        [
+            ep("dup", hook_module("fakeplug_d1", "dup")),
+            ep("dup", hook_module("fakeplug_d2", "dup", factory=other.factory)),
+        ]
+    )
     reg = Registry()
     info = reg.list_backends()[0]
     assert not info.available and "fakeplug_d1" in info.reason and "fakeplug_d2" in info.reason
@@ -138,13 +148,15 @@ def test_selection_order(fake_eps: list, monkeypatch: pytest.MonkeyPatch) -> Non
         def factory(path, params):  # type: ignore[no-untyped-def]
             made.append(name)
             return TOY.factory(path, params)
+
         return factory
 
     reg.register_backend("bbb", factory_for("bbb"), priority=5)
     reg.register_backend("aaa", factory_for("aaa"), priority=5)
     reg.register_backend("low", factory_for("low"), priority=0)
-    reg.register_backend("off", factory_for("off"), priority=99,
-                         probe=lambda: (False, "no device here"))
+    reg.register_backend(
+        "off", factory_for("off"), priority=99, probe=lambda: (False, "no device here")
+    )
     reg.new_backend().close()
     assert made[-1] == "aaa"  # highest available priority, ties by name
     monkeypatch.setenv("MLPLUG_BACKEND", "low")

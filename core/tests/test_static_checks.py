@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_mypy_on_core() -> None:
     pytest.importorskip("mypy")
-    out = subprocess.run([sys.executable, "-m", "mypy", "core/src/mlplug"], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "core/src/mlplug"], cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -33,8 +34,9 @@ def test_mypy_on_plugins_and_conformance(tree: str) -> None:
     pytest.importorskip("mypy")
     if not (ROOT / tree).is_dir():
         pytest.skip(f"{tree} is not in this checkout")
-    out = subprocess.run([sys.executable, "-m", "mypy", tree], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", tree], cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 

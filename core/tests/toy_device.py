@@ -25,11 +25,11 @@ class ToyBuffer:
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         assert self.data is not None
-        self.data[offset:offset + len(data)] = np.frombuffer(data, np.uint8)
+        self.data[offset : offset + len(data)] = np.frombuffer(data, np.uint8)
 
     def read(self, offset: int, n: int) -> bytes:
         assert self.data is not None
-        return self.data[offset:offset + n].tobytes()
+        return self.data[offset : offset + n].tobytes()
 
     def free(self) -> None:
         if self.data is not None:
@@ -41,15 +41,17 @@ def view(ref: TensorRef) -> np.ndarray:
     """Return a writable numpy view (numpy order) of a non-block ref."""
     assert isinstance(ref.buffer, ToyBuffer) and ref.buffer.data is not None
     dtype = np.dtype(_NP[ref.dtype])
-    base = ref.buffer.data[ref.offset:]
+    base = ref.buffer.data[ref.offset :]
     raw = np.lib.stride_tricks.as_strided(
-        base, shape=(*reversed(ref.ne), dtype.itemsize), strides=(*reversed(ref.nb), 1))
+        base, shape=(*reversed(ref.ne), dtype.itemsize), strides=(*reversed(ref.nb), 1)
+    )
     return raw.view(dtype)[..., 0]
 
 
 class ToyDevice:
-    def __init__(self, name: str, kind: str, cap: int = 1 << 30,
-                 unsupported_ops: Sequence[str] = ()) -> None:
+    def __init__(
+        self, name: str, kind: str, cap: int = 1 << 30, unsupported_ops: Sequence[str] = ()
+    ) -> None:
         self.name, self.id, self.kind, self.alignment = name, f"id-{name}", kind, 32
         self.cap, self.used = cap, 0
         self.unsupported_ops = set(unsupported_ops)
@@ -107,18 +109,20 @@ class ToyDevice:
         pass
 
 
-def toy_plugin(n_gpus: int = 0, *, cpu_cap: int = 1 << 30, gpu_cap: int = 1 << 20,
-               gpu_unsupported: Sequence[str] = ()) -> tuple[EnginePlugin, list[ToyDevice]]:
+def toy_plugin(
+    n_gpus: int = 0,
+    *,
+    cpu_cap: int = 1 << 30,
+    gpu_cap: int = 1 << 20,
+    gpu_unsupported: Sequence[str] = (),
+) -> tuple[EnginePlugin, list[ToyDevice]]:
     """Return a plugin whose ``load`` returns fresh toy devices (also returned for inspection)."""
     made: list[ToyDevice] = []
 
     def load(params: mlplug.BackendParams) -> list[ToyDevice]:
         made.clear()
         made.append(ToyDevice("CPU", "cpu", cpu_cap))
-        made.extend(ToyDevice(f"TOY{i}", "gpu", gpu_cap, gpu_unsupported)
-                    for i in range(n_gpus))
+        made.extend(ToyDevice(f"TOY{i}", "gpu", gpu_cap, gpu_unsupported) for i in range(n_gpus))
         return made
 
     return EnginePlugin(name="toy", load=load), made
-
-

@@ -83,15 +83,17 @@ def _environment(values: dict[str, str] | None) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def _settings(backend: str, gpus: int, gpu_memory: int | None = None,
-              cpu_memory: int | None = None) -> dict[str, str] | None:
-    return registry.hook().mlplug_memory_settings(backend=backend, gpus=gpus,
-                                                  gpu_memory=gpu_memory,
-                                                  cpu_memory=cpu_memory)
+def _settings(
+    backend: str, gpus: int, gpu_memory: int | None = None, cpu_memory: int | None = None
+) -> dict[str, str] | None:
+    return registry.hook().mlplug_memory_settings(
+        backend=backend, gpus=gpus, gpu_memory=gpu_memory, cpu_memory=cpu_memory
+    )
 
 
-def expected_layers(blocks: int, n: int, n_gpus: int, main_gpu: int,
-                    split: tuple[float, ...]) -> list[int | None]:
+def expected_layers(
+    blocks: int, n: int, n_gpus: int, main_gpu: int, split: tuple[float, ...]
+) -> list[int | None]:
     """Restate §6.4: the GPU index of every layer ``0..blocks`` (``None`` = CPU)."""
     f32 = np.float32
     if n <= 0 or n_gpus == 0:
@@ -120,8 +122,13 @@ def _layers_seen(mem: mlplug.BackendMemory) -> list[int | None]:
     seen: list[int | None] = []
     for i in range(len(mem.cpu.weights)):
         where = [j for j, g in enumerate(mem.gpus) if g.weights[i].size]
-        seen.append(where[0] if len(where) == 1 and not mem.cpu.weights[i].size else
-                    None if not where else -1)
+        seen.append(
+            where[0]
+            if len(where) == 1 and not mem.cpu.weights[i].size
+            else None
+            if not where
+            else -1
+        )
     return seen
 
 
@@ -130,12 +137,28 @@ class _Runner:
         self.backend = backend
         self.folder = folder
         self.results: list[MemoryResult] = []
-        self.f32 = synth.write_llama_gguf(folder / "f32.gguf", n_layers=BLOCKS, n_embd=N_EMBD,
-                                          n_head=4, n_head_kv=2, n_ff=N_FF, n_vocab=N_VOCAB,
-                                          seed=7)
-        self.q8 = synth.write_llama_gguf(folder / "q8.gguf", n_layers=BLOCKS, n_embd=N_EMBD,
-                                         n_head=4, n_head_kv=2, n_ff=N_FF, n_vocab=N_VOCAB,
-                                         weight_type=DType.Q8_0, tied_output=True, seed=8)
+        self.f32 = synth.write_llama_gguf(
+            folder / "f32.gguf",
+            n_layers=BLOCKS,
+            n_embd=N_EMBD,
+            n_head=4,
+            n_head_kv=2,
+            n_ff=N_FF,
+            n_vocab=N_VOCAB,
+            seed=7,
+        )
+        self.q8 = synth.write_llama_gguf(
+            folder / "q8.gguf",
+            n_layers=BLOCKS,
+            n_embd=N_EMBD,
+            n_head=4,
+            n_head_kv=2,
+            n_ff=N_FF,
+            n_vocab=N_VOCAB,
+            weight_type=DType.Q8_0,
+            tied_output=True,
+            seed=8,
+        )
 
     def run(self, check_id: str, fn: Callable[[], str | None]) -> None:
         try:
@@ -148,11 +171,13 @@ class _Runner:
             status = "skipped" if detail.startswith("skipped") else "pass"
             self.results.append(MemoryResult(check_id, status, detail))
 
-    def new(self, path: Path | None, params: BackendParams, env: dict[str, str] | None
-            ) -> mlplug.Backend:
+    def new(
+        self, path: Path | None, params: BackendParams, env: dict[str, str] | None
+    ) -> mlplug.Backend:
         with _environment(env):
-            return mlplug.new_backend(None if path is None else str(path), params,
-                                      backend=self.backend)
+            return mlplug.new_backend(
+                None if path is None else str(path), params, backend=self.backend
+            )
 
     # -- checks -----------------------------------------------------------------------------
 
@@ -170,17 +195,25 @@ class _Runner:
                 params = BackendParams(num_gpu_layers=n, main_gpu=main, tensor_split=split)
                 with self.new(self.f32, params, env) as be:
                     mem = be.backend_memory()
-                    _check(len(mem.gpus) == gpus,
-                           f"asked for {gpus} GPUs, backend has {len(mem.gpus)}")
+                    _check(
+                        len(mem.gpus) == gpus, f"asked for {gpus} GPUs, backend has {len(mem.gpus)}"
+                    )
                     want = expected_layers(BLOCKS, n, gpus, main, split)
                     got = _layers_seen(mem)
-                    _check(got == want, f"num_gpu_layers={n} main_gpu={main}: layers on "
-                           f"{got}, expected {want} (None = CPU)")
+                    _check(
+                        got == want,
+                        f"num_gpu_layers={n} main_gpu={main}: layers on "
+                        f"{got}, expected {want} (None = CPU)",
+                    )
                     _check(mem.input_weights.size > 0, "input weights not accounted")
-                    every = [mem.input_weights, *(m for d in (mem.cpu, *mem.gpus)
-                                                  for m in d.weights)]
-                    _check(all(m.status is (A if m.size else U) for m in every),
-                           f"statuses after construction: {mem}")
+                    every = [
+                        mem.input_weights,
+                        *(m for d in (mem.cpu, *mem.gpus) for m in d.weights),
+                    ]
+                    _check(
+                        all(m.status is (A if m.size else U) for m in every),
+                        f"statuses after construction: {mem}",
+                    )
         return None
 
     def sizes(self) -> str | None:
@@ -198,12 +231,16 @@ class _Runner:
         with self.new(self.f32, BackendParams(), _settings(self.backend, 0)) as be:
             mem = be.backend_memory()
             embd = N_EMBD * N_VOCAB * 4
-            _check(embd <= mem.input_weights.size <= embd + MAX_PAD,
-                   f"input_weights {mem.input_weights.size}, token_embd is {embd} bytes")
+            _check(
+                embd <= mem.input_weights.size <= embd + MAX_PAD,
+                f"input_weights {mem.input_weights.size}, token_embd is {embd} bytes",
+            )
             for i, want in enumerate(layer_bytes):
                 got = mem.cpu.weights[i].size
-                _check(want <= got <= want + MAX_PAD * 12,
-                       f"layer {i}: accounted {got} bytes for {want} bytes of F32 tensors")
+                _check(
+                    want <= got <= want + MAX_PAD * 12,
+                    f"layer {i}: accounted {got} bytes for {want} bytes of F32 tensors",
+                )
             _check(str(mem).startswith("InputWeights="), f"text form: {mem}")
         return None
 
@@ -221,8 +258,10 @@ class _Runner:
             ctx.reserve()
             mem = be.backend_memory()
             holder = mem.gpus[0] if gpus else mem.cpu
-            _check(holder.graph.size > 0 and holder.graph.status is A,
-                   f"reserve() recorded no graph memory on {holder.name}: {mem}")
+            _check(
+                holder.graph.size > 0 and holder.graph.status is A,
+                f"reserve() recorded no graph memory on {holder.name}: {mem}",
+            )
             before = holder.graph.size
             ctx.compute(y)
             after = (be.backend_memory().gpus[0] if gpus else be.backend_memory().cpu).graph
@@ -234,15 +273,18 @@ class _Runner:
             t = cache_ctx.layer(1).zeros(DType.F16, 64, 4)
             mem = be.backend_memory()
             dev = mem.gpus[0] if gpus else mem.cpu
-            _check(dev.cache[1].size >= t.dtype().nbytes(256) and dev.cache[1].status is A,
-                   f"layer(1) buffer not counted in cache[1] of {dev.name}: {mem}")
+            _check(
+                dev.cache[1].size >= t.dtype().nbytes(256) and dev.cache[1].status is A,
+                f"layer(1) buffer not counted in cache[1] of {dev.name}: {mem}",
+            )
             cache_ctx.close()
             ctx.close()
         return None
 
     def out_of_memory(self) -> str | None:
-        per_layer = (2 * N_EMBD + 2 * N_EMBD * N_EMBD + 2 * N_EMBD * N_EMBD // 2
-                     + 3 * N_EMBD * N_FF) * 4
+        per_layer = (
+            2 * N_EMBD + 2 * N_EMBD * N_EMBD + 2 * N_EMBD * N_EMBD // 2 + 3 * N_EMBD * N_FF
+        ) * 4
         cap = int(per_layer * 1.5)
         env = _settings(self.backend, 2, gpu_memory=cap)
         if env is not None:
@@ -263,8 +305,10 @@ class _Runner:
                 self.error_form(err)
                 statuses = [{m.status for m in g.weights if m.size} for g in mem.gpus]
                 if first_ok:
-                    _check(statuses[0] == {A} and F in statuses[1],
-                           f"expected GPU0 allocated and GPU1 failed: {mem}")
+                    _check(
+                        statuses[0] == {A} and F in statuses[1],
+                        f"expected GPU0 allocated and GPU1 failed: {mem}",
+                    )
                 else:
                     _check(F in statuses[0], f"expected the GPU's weights failed: {mem}")
                 _check(mem.input_weights.status is U, f"CPU not yet attempted: {mem}")
@@ -272,8 +316,9 @@ class _Runner:
                 raise _Fail("no ErrNoMem for weights over the GPU cap")
             # The same cap with fewer layers fits, computes and closes; a cache over the cap
             # fails cleanly and the backend still computes.
-            be = mlplug.new_backend(str(self.f32), BackendParams(num_gpu_layers=1),
-                                    backend=self.backend)
+            be = mlplug.new_backend(
+                str(self.f32), BackendParams(num_gpu_layers=1), backend=self.backend
+            )
             self.cache_over_cap(be, BLOCKS - 1, per_layer, gpu=True)
         return None
 
@@ -285,14 +330,15 @@ class _Runner:
             return "skipped: the plugin has no memory-cap setting (mlplug_memory_settings)"
         with _environment(env):
             try:
-                mlplug.new_backend(str(self.f32), BackendParams(),
-                                   backend=self.backend).close()
+                mlplug.new_backend(str(self.f32), BackendParams(), backend=self.backend).close()
             except ErrNoMem as err:
                 mem = err.memory
                 self.error_form(err)
-                _check(mem.input_weights.status is F and
-                       all(m.status is F for m in mem.cpu.weights if m.size),
-                       f"expected the CPU weights FAILED: {mem}")
+                _check(
+                    mem.input_weights.status is F
+                    and all(m.status is F for m in mem.cpu.weights if m.size),
+                    f"expected the CPU weights FAILED: {mem}",
+                )
             else:
                 raise _Fail("no ErrNoMem for weights over the CPU cap")
         with _environment(_settings(self.backend, 0, cpu_memory=total * 2)):
@@ -303,8 +349,10 @@ class _Runner:
     @staticmethod
     def error_form(err: ErrNoMem) -> None:
         _check(isinstance(err, MemoryError), "ErrNoMem is not a MemoryError")
-        _check(str(err) == f"insufficient memory - required allocations: {err.memory}",
-               f"message: {err}")
+        _check(
+            str(err) == f"insufficient memory - required allocations: {err.memory}",
+            f"message: {err}",
+        )
 
     @staticmethod
     def cache_over_cap(be: mlplug.Backend, layer: int, elements: int, *, gpu: bool) -> None:
@@ -315,8 +363,10 @@ class _Runner:
         except ErrNoMem as err:
             dev = err.memory.gpus[0] if gpu else err.memory.cpu
             cache = dev.cache[layer]
-            _check(cache.status is F and cache.size >= elements * 4,
-                   f"cache entry after a failed buffer: {cache}")
+            _check(
+                cache.status is F and cache.size >= elements * 4,
+                f"cache entry after a failed buffer: {cache}",
+            )
         else:
             raise _Fail("no ErrNoMem for a cache buffer over the cap")
         small = ctx.layer(layer).from_float_slice([1.0, 2.0], 2)
@@ -334,15 +384,20 @@ class _Runner:
             seen: list[float] = []
             be.load(progress=seen.append)
             _check(bool(seen) and seen[-1] == 1.0, f"last progress {seen[-1:]} is not 1.0")
-            _check(seen == sorted(seen) and all(0.0 <= s <= 1.0 for s in seen),
-                   "progress not non-decreasing in [0, 1]")
+            _check(
+                seen == sorted(seen) and all(0.0 <= s <= 1.0 for s in seen),
+                "progress not non-decreasing in [0, 1]",
+            )
             for t in GGUFReader(self.q8).tensors:
                 want = dequantize(t.data, t.tensor_type).reshape(-1)
                 got = _weight(be, t.name).floats()
                 _check(np.array_equal(got, want.astype(np.float32)), f"{t.name} differs")
             tied = be.get("output.weight")
-            _check(tied is not None and np.array_equal(
-                tied.floats(), _weight(be, "token_embd.weight").floats()), "tied output.weight")
+            _check(
+                tied is not None
+                and np.array_equal(tied.floats(), _weight(be, "token_embd.weight").floats()),
+                "tied output.weight",
+            )
             event = threading.Event()
             event.set()
             try:

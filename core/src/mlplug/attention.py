@@ -15,7 +15,8 @@ __all__ = ["ScaledDotProductAttention"]
 class ScaledDotProductAttention(Protocol):
     """A query tensor that can run fused attention over a key/value history."""
 
-    def scaled_dot_product_attention(self, ctx: Context, key: Tensor, value: Tensor,
-                                     mask: Tensor | None, scale: float) -> Tensor:
+    def scaled_dot_product_attention(
+        self, ctx: Context, key: Tensor, value: Tensor, mask: Tensor | None, scale: float
+    ) -> Tensor:
         """Return ``softmax(scale · Kᵀ Q + mask) V`` per head (GQA), ``[Dv, H, T]`` F32."""
         ...

@@ -28,18 +28,30 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 
                 backend = registry.new_backend(None, BackendParams(), info.name)
                 devices = [
-                    {"name": d.name, "kind": d.kind, "id": d.id,
-                     "total_memory": d.total_memory(), "free_memory": d.free_memory()}
+                    {
+                        "name": d.name,
+                        "kind": d.kind,
+                        "id": d.id,
+                        "total_memory": d.total_memory(),
+                        "free_memory": d.free_memory(),
+                    }
                     for d in getattr(backend, "devices", [])
                 ]
                 backend.close()
             except Exception as err:
                 device_error = f"{type(err).__name__}: {err}"
-        rows.append({
-            "name": info.name, "available": info.available, "reason": info.reason,
-            "priority": info.priority, "install_hint": info.install_hint,
-            "provider": info.provider, "devices": devices, "device_error": device_error,
-        })
+        rows.append(
+            {
+                "name": info.name,
+                "available": info.available,
+                "reason": info.reason,
+                "priority": info.priority,
+                "install_hint": info.install_hint,
+                "provider": info.provider,
+                "devices": devices,
+                "device_error": device_error,
+            }
+        )
     if args.json:
         print(json.dumps({"backends": rows}, indent=2))
         return 0
@@ -53,8 +65,10 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         if not row["available"]:
             print(f"{'':<12} install: {row['install_hint']}")
         for d in row["devices"]:  # type: ignore[attr-defined]
-            print(f"{'':<12} {d['name']:<8} {d['kind']:<4} total {format_bytes(d['total_memory'])}"
-                  f", free {format_bytes(d['free_memory'])}")
+            print(
+                f"{'':<12} {d['name']:<8} {d['kind']:<4} total {format_bytes(d['total_memory'])}"
+                f", free {format_bytes(d['free_memory'])}"
+            )
         if row["device_error"]:
             print(f"{'':<12} devices: {row['device_error']}")
     return 0
@@ -70,8 +84,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from mlplug.params import BackendParams
 
     split = tuple(float(x) for x in args.tensor_split.split(",")) if args.tensor_split else ()
-    params = BackendParams(num_gpu_layers=args.num_gpu_layers, main_gpu=args.main_gpu,
-                           tensor_split=split)
+    params = BackendParams(
+        num_gpu_layers=args.num_gpu_layers, main_gpu=args.main_gpu, tensor_split=split
+    )
     try:
         backend = registry.new_backend(args.model, params, args.backend)
     except GGUFError as err:
@@ -86,19 +101,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
             tensors = getattr(backend, "_model", None)
             n_tensors = len(tensors.tensors) if tensors is not None else 0
     if args.json:
-        out: dict[str, object] = {"model": args.model, "fits": not failed,
-                                  "memory": memory.log_value(),
-                                  "summary": memory.summary().splitlines()}
+        out: dict[str, object] = {
+            "model": args.model,
+            "fits": not failed,
+            "memory": memory.log_value(),
+            "summary": memory.summary().splitlines(),
+        }
         if config is not None:
-            out["metadata"] = {k: _jsonable(v.value) for k, v in config.items()
-                               if not k.startswith("tokenizer.ggml.")}
+            out["metadata"] = {
+                k: _jsonable(v.value)
+                for k, v in config.items()
+                if not k.startswith("tokenizer.ggml.")
+            }
             out["tensors"] = n_tensors
         print(json.dumps(out, indent=2))
         return 1 if failed else 0
     if config is not None:
         print(f"model: {args.model}")
-        print(f"architecture: {config.architecture()}  blocks: {config.uint('block_count')}  "
-              f"tensors: {n_tensors}")
+        print(
+            f"architecture: {config.architecture()}  blocks: {config.uint('block_count')}  "
+            f"tensors: {n_tensors}"
+        )
         for key, value in config.items():
             if key.startswith("tokenizer.ggml.") and isinstance(value.value, tuple):
                 print(f"  {key} = [{len(value.value)} items]")
@@ -138,8 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backends", help="list backends, devices, availability and why not")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--no-devices", dest="devices", action="store_false",
-                   help="do not construct backends to list their devices")
+    p.add_argument(
+        "--no-devices",
+        dest="devices",
+        action="store_false",
+        help="do not construct backends to list their devices",
+    )
     p.set_defaults(func=_cmd_backends)
 
     p = sub.add_parser("info", help="model metadata and the per-device memory plan")

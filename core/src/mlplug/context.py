@@ -24,8 +24,16 @@ __all__ = ["Context", "Family"]
 class Family:
     """The state shared by a root context and its derived contexts."""
 
-    __slots__ = ("__weakref__", "backend", "buffers", "capacity", "closed", "graph", "in_graph",
-                 "results")
+    __slots__ = (
+        "__weakref__",
+        "backend",
+        "buffers",
+        "capacity",
+        "closed",
+        "graph",
+        "in_graph",
+        "results",
+    )
 
     def __init__(self, backend: GraphBackend, capacity: int) -> None:
         self.backend = backend
@@ -207,8 +215,9 @@ class Context:
             dst = srcs[1]
             assert dst is not None
             root = dst._root or dst
-        return Tensor(family, result.meta, op=op, srcs=tuple(srcs), params=dict(result.params),
-                      root=root)
+        return Tensor(
+            family, result.meta, op=op, srcs=tuple(srcs), params=dict(result.params), root=root
+        )
 
     def _backend_permuted_v(self) -> bool:
         return self._family.backend.cache_config().permuted_v

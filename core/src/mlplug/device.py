@@ -280,7 +280,10 @@ class EnginePlugin:
                 f"core provides {API_VERSION}"
             )
         registry.register_backend(
-            self.name, self.factory, priority=self.priority, probe=self.probe,
+            self.name,
+            self.factory,
+            priority=self.priority,
+            probe=self.probe,
             install_hint=self.install_hint,
         )
 
@@ -299,8 +302,18 @@ def make_backend(
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
 
 
 def parse_size(text: str) -> int:

@@ -190,4 +190,3 @@ def _scalar(v: float | int, integer: bool, precision: int) -> str:
         else:
             text = format(f, f".{precision}f")
     return text if text.startswith("-") else " " + text
-

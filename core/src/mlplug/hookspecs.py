@@ -40,8 +40,9 @@ def mlplug_add_commands(subparsers: Any) -> None:
 
 
 @hookspec(firstresult=True)
-def mlplug_memory_settings(backend: str, gpus: int, gpu_memory: int | None,
-                           cpu_memory: int | None) -> dict[str, str] | None:
+def mlplug_memory_settings(
+    backend: str, gpus: int, gpu_memory: int | None, cpu_memory: int | None
+) -> dict[str, str] | None:
     """Say how to make ``backend`` present ``gpus`` GPUs and memory caps, for testing.
 
     The conformance suite's memory mode uses this to test placement with 0..3 GPUs and

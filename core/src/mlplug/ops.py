@@ -423,8 +423,9 @@ def _permute(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     if a.n == 0:
         meta = Meta(ZERO_NE, contiguous_strides(ZERO_NE, a.dtype), a.dtype, 0, 0)
     else:
-        meta = Meta((ne[0], ne[1], ne[2], ne[3]), (nb[0], nb[1], nb[2], nb[3]), a.dtype,
-                    a.offset, a.storage)
+        meta = Meta(
+            (ne[0], ne[1], ne[2], ne[3]), (nb[0], nb[1], nb[2], nb[3]), a.dtype, a.offset, a.storage
+        )
     return Result(meta, {"axes": p})
 
 
@@ -619,8 +620,9 @@ def _im2col(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     p = _conv_params(op, params)
     ow, oh = _conv_out(op, kernel, inp, p)
     rows = inp.ne[2] * kernel.ne[1] * kernel.ne[0]
-    return Result(_fresh(DType.F32, (rows, ow, oh, inp.ne[3])), {**p, "kw": kernel.ne[0],
-                                                                 "kh": kernel.ne[1]})
+    return Result(
+        _fresh(DType.F32, (rows, ow, oh, inp.ne[3])), {**p, "kw": kernel.ne[0], "kh": kernel.ne[1]}
+    )
 
 
 def _avg_pool_2d(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
@@ -664,12 +666,9 @@ def _attention(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     if mask is not None:
         _need_dtype(op, "mask", mask.dtype, frozenset({DType.F32, DType.F16}))
         if mask.ne[0] != length or mask.ne[1] < tokens or mask.ne[2] != 1 or mask.ne[3] != 1:
-            raise ShapeError(
-                f"{op}: mask {list(mask.ne)} must be [L={length}, Tm >= {tokens}]"
-            )
+            raise ShapeError(f"{op}: mask {list(mask.ne)} must be [L={length}, Tm >= {tokens}]")
     scale = _float(op, "scale", params["scale"])
-    return Result(_fresh(DType.F32, (dv, heads, tokens)), {"scale": scale,
-                                                           "permuted_v": permuted})
+    return Result(_fresh(DType.F32, (dv, heads, tokens)), {"scale": scale, "permuted_v": permuted})
 
 
 def _rope(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
@@ -691,8 +690,7 @@ def _rope(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     half = cos.ne[0]
     if cos.ne[1] != tokens or cos.ne[2] != 1 or cos.ne[3] != 1 or half < 1 or 2 * half > d:
         raise ShapeError(
-            f"{op}: cos/sin {list(cos.ne)} must be [n_rot/2, T={tokens}] with "
-            f"1 <= n_rot <= D ({d})"
+            f"{op}: cos/sin {list(cos.ne)} must be [n_rot/2, T={tokens}] with 1 <= n_rot <= D ({d})"
         )
     return Result(_fresh(a.dtype, a.ne), {"mode": mode, "n_rot": 2 * half})
 
@@ -712,8 +710,9 @@ def _arange(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
         for value in (start, start + (n - 1) * step):
             if not INT32_MIN <= math.trunc(value) <= INT32_MAX:
                 raise ValueError(f"{op}: value {value} is outside the int32 range")
-    return Result(_fresh(dtype, (n,)), {"start": start, "stop": stop, "step": step, "n": n,
-                                        "dtype": dtype})
+    return Result(
+        _fresh(dtype, (n,)), {"start": start, "stop": stop, "step": step, "n": n, "dtype": dtype}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,8 +759,16 @@ _REDUCE = Tolerance(eps_mult=4.0, abs_eps=4.0, reduction=True, nmse=1e-5)
 _PRODUCT = Tolerance(eps_mult=4.0, abs_eps=4.0, reduction=True, nmse=1e-4)
 
 
-def _def(name: str, operands: tuple[str, ...], kind: str, rule: Callable[..., Result],
-         flops: Callable[..., int], dtypes: frozenset[DType], tol: Tolerance, doc: str) -> OpDef:
+def _def(
+    name: str,
+    operands: tuple[str, ...],
+    kind: str,
+    rule: Callable[..., Result],
+    flops: Callable[..., int],
+    dtypes: frozenset[DType],
+    tol: Tolerance,
+    doc: str,
+) -> OpDef:
     return OpDef(name, operands, kind, rule, flops, dtypes, tol, doc)
 
 
@@ -792,81 +799,318 @@ _UNARY_TOL = {
 
 _TABLE: list[OpDef] = [
     *(
-        _def(name, ("a",), "compute", _unary(name), _flops_per_out(1 if name in
-             ("neg", "relu", "sqr", "scale", "clamp") else 8), FLOAT,
-             _UNARY_TOL.get(name, _TRANSCENDENTAL), doc)
+        _def(
+            name,
+            ("a",),
+            "compute",
+            _unary(name),
+            _flops_per_out(1 if name in ("neg", "relu", "sqr", "scale", "clamp") else 8),
+            FLOAT,
+            _UNARY_TOL.get(name, _TRANSCENDENTAL),
+            doc,
+        )
         for name, doc in _UNARY_DOCS.items()
     ),
     *(
-        _def(name, ("a", "b"), "compute", _binary(name), _flops_per_out(1), FLOAT,
-             _ELEM if name != "div" else Tolerance(eps_mult=4.0, abs_eps=4.0),
-             f"a {sym} tile(b)")
+        _def(
+            name,
+            ("a", "b"),
+            "compute",
+            _binary(name),
+            _flops_per_out(1),
+            FLOAT,
+            _ELEM if name != "div" else Tolerance(eps_mult=4.0, abs_eps=4.0),
+            f"a {sym} tile(b)",
+        )
         for name, sym in (("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/"))
     ),
-    _def("mulmat", ("a", "b"), "compute", _mulmat("mulmat"), _flops_mulmat, WEIGHT, _PRODUCT,
-         "b @ rep(a)^T, a block-repeated in dims 2 and 3"),
-    _def("mulmat_full_prec", ("a", "b"), "compute", _mulmat("mulmat_full_prec"), _flops_mulmat,
-         WEIGHT, _PRODUCT, "mulmat with F32 accumulation on every device"),
-    _def("mulmat_id", ("as_", "b", "ids"), "compute", _mulmat_id, _flops_mulmat, WEIGHT,
-         _PRODUCT, "mixture-of-experts product selected by ids"),
-    _def("softmax", ("a",), "compute", _row_op("softmax", None, False), _flops_per_in(5),
-         FLOAT, _REDUCE, "exp(x - max) / sum along dim 0"),
-    _def("layer_norm", ("a", "w?", "b?"), "compute", _norm("layer_norm"), _flops_per_in(8),
-         FLOAT, _REDUCE, "(x - mean) / sqrt(var + eps) * w + b along dim 0"),
-    _def("rms_norm", ("a", "w?"), "compute", _norm("rms_norm"), _flops_per_in(4), FLOAT,
-         _REDUCE, "x / sqrt(mean(x^2) + eps) * w along dim 0"),
-    _def("sum_rows", ("a",), "compute", _row_op("sum_rows", None, True), _flops_per_in(1),
-         FLOAT, _REDUCE, "sum along dim 0"),
-    _def("mean", ("a",), "compute", _row_op("mean", DType.F32, True), _flops_per_in(1), FLOAT,
-         _REDUCE, "mean along dim 0 (F32)"),
-    _def("variance", ("a",), "compute", _row_op("variance", None, True), _flops_per_in(3),
-         FLOAT, _REDUCE, "population variance along dim 0"),
-    _def("stddev", ("a",), "compute", _row_op("stddev", None, True), _flops_per_in(3), FLOAT,
-         _REDUCE, "sqrt(variance) along dim 0"),
-    _def("reshape", ("a",), "view", _reshape, _flops_none, ANY, _EXACT,
-         "view with new extents (receiver contiguous)"),
-    _def("view", ("a",), "view", _view, _flops_none, ANY, _EXACT,
-         "view with byte offset and strides"),
-    _def("permute", ("a",), "view", _permute, _flops_none, ANY, _EXACT,
-         "view with source axis i moved to position p_i"),
-    _def("contiguous", ("a",), "compute", _contiguous("contiguous"), _flops_none, ANY, _EXACT,
-         "packed copy"),
-    _def("duplicate", ("a",), "compute", _contiguous("duplicate"), _flops_none, ANY, _EXACT,
-         "packed copy"),
-    _def("copy", ("a", "dst"), "copy", _copy, _flops_per_in(1), ANY, _EXACT,
-         "write a's values into dst, converting dtype; returns a view of dst"),
-    _def("set", ("a", "b"), "compute", _set, _flops_none, _ASSEMBLE, _EXACT,
-         "packed copy of a with b written at a byte offset"),
-    _def("pad", ("a",), "compute", _pad, _flops_none, _ASSEMBLE, _EXACT,
-         "append zeros at the end of each dim"),
-    _def("concat", ("a", "b"), "compute", _concat, _flops_none, _ASSEMBLE, _EXACT,
-         "a then b along dim"),
-    _def("stack", ("a", "*"), "compute", _stack, _flops_none, _ASSEMBLE, _EXACT,
-         "concatenation of a and others along an existing dim"),
-    _def("repeat", ("a",), "compute", _repeat, _flops_none, _ASSEMBLE, _EXACT,
-         "tile the whole tensor n times along dim"),
-    _def("rows", ("a", "ids"), "compute", _rows, _flops_none, ANY, _EXACT,
-         "gather rows by I32 ids"),
-    _def("argsort", ("a",), "compute", _argsort, _flops_per_in(8), FLOAT, _EXACT,
-         "indices sorting each row ascending"),
-    _def("topk", ("a",), "compute", _topk, _flops_per_in(8), FLOAT, _EXACT,
-         "indices of the k largest of each row, descending"),
-    _def("conv_2d", ("kernel", "input"), "compute", _conv_2d, _flops_conv,
-         frozenset({DType.F32, DType.F16}), _PRODUCT, "2-D cross-correlation"),
-    _def("im2col", ("kernel", "input"), "compute", _im2col, _flops_none, ANY, _EXACT,
-         "unfold input patches into columns"),
-    _def("avg_pool_2d", ("a",), "compute", _avg_pool_2d, _flops_per_out(1), FLOAT,
-         _REDUCE, "average pooling, padding counted"),
-    _def("scaled_dot_product_attention", ("query", "key", "value", "mask?"), "compute",
-         _attention, _flops_attention, frozenset({DType.F32}),
-         Tolerance(eps_mult=8.0, abs_eps=8.0, reduction=True, nmse=1e-4),
-         "softmax(scale * K^T Q + mask) V with GQA"),
-    _def("arange", (), "compute", _arange, _flops_per_out(1),
-         frozenset({DType.F32, DType.I32}), _EXACT, "start + k * step, half-open"),
+    _def(
+        "mulmat",
+        ("a", "b"),
+        "compute",
+        _mulmat("mulmat"),
+        _flops_mulmat,
+        WEIGHT,
+        _PRODUCT,
+        "b @ rep(a)^T, a block-repeated in dims 2 and 3",
+    ),
+    _def(
+        "mulmat_full_prec",
+        ("a", "b"),
+        "compute",
+        _mulmat("mulmat_full_prec"),
+        _flops_mulmat,
+        WEIGHT,
+        _PRODUCT,
+        "mulmat with F32 accumulation on every device",
+    ),
+    _def(
+        "mulmat_id",
+        ("as_", "b", "ids"),
+        "compute",
+        _mulmat_id,
+        _flops_mulmat,
+        WEIGHT,
+        _PRODUCT,
+        "mixture-of-experts product selected by ids",
+    ),
+    _def(
+        "softmax",
+        ("a",),
+        "compute",
+        _row_op("softmax", None, False),
+        _flops_per_in(5),
+        FLOAT,
+        _REDUCE,
+        "exp(x - max) / sum along dim 0",
+    ),
+    _def(
+        "layer_norm",
+        ("a", "w?", "b?"),
+        "compute",
+        _norm("layer_norm"),
+        _flops_per_in(8),
+        FLOAT,
+        _REDUCE,
+        "(x - mean) / sqrt(var + eps) * w + b along dim 0",
+    ),
+    _def(
+        "rms_norm",
+        ("a", "w?"),
+        "compute",
+        _norm("rms_norm"),
+        _flops_per_in(4),
+        FLOAT,
+        _REDUCE,
+        "x / sqrt(mean(x^2) + eps) * w along dim 0",
+    ),
+    _def(
+        "sum_rows",
+        ("a",),
+        "compute",
+        _row_op("sum_rows", None, True),
+        _flops_per_in(1),
+        FLOAT,
+        _REDUCE,
+        "sum along dim 0",
+    ),
+    _def(
+        "mean",
+        ("a",),
+        "compute",
+        _row_op("mean", DType.F32, True),
+        _flops_per_in(1),
+        FLOAT,
+        _REDUCE,
+        "mean along dim 0 (F32)",
+    ),
+    _def(
+        "variance",
+        ("a",),
+        "compute",
+        _row_op("variance", None, True),
+        _flops_per_in(3),
+        FLOAT,
+        _REDUCE,
+        "population variance along dim 0",
+    ),
+    _def(
+        "stddev",
+        ("a",),
+        "compute",
+        _row_op("stddev", None, True),
+        _flops_per_in(3),
+        FLOAT,
+        _REDUCE,
+        "sqrt(variance) along dim 0",
+    ),
+    _def(
+        "reshape",
+        ("a",),
+        "view",
+        _reshape,
+        _flops_none,
+        ANY,
+        _EXACT,
+        "view with new extents (receiver contiguous)",
+    ),
+    _def(
+        "view", ("a",), "view", _view, _flops_none, ANY, _EXACT, "view with byte offset and strides"
+    ),
+    _def(
+        "permute",
+        ("a",),
+        "view",
+        _permute,
+        _flops_none,
+        ANY,
+        _EXACT,
+        "view with source axis i moved to position p_i",
+    ),
+    _def(
+        "contiguous",
+        ("a",),
+        "compute",
+        _contiguous("contiguous"),
+        _flops_none,
+        ANY,
+        _EXACT,
+        "packed copy",
+    ),
+    _def(
+        "duplicate",
+        ("a",),
+        "compute",
+        _contiguous("duplicate"),
+        _flops_none,
+        ANY,
+        _EXACT,
+        "packed copy",
+    ),
+    _def(
+        "copy",
+        ("a", "dst"),
+        "copy",
+        _copy,
+        _flops_per_in(1),
+        ANY,
+        _EXACT,
+        "write a's values into dst, converting dtype; returns a view of dst",
+    ),
+    _def(
+        "set",
+        ("a", "b"),
+        "compute",
+        _set,
+        _flops_none,
+        _ASSEMBLE,
+        _EXACT,
+        "packed copy of a with b written at a byte offset",
+    ),
+    _def(
+        "pad",
+        ("a",),
+        "compute",
+        _pad,
+        _flops_none,
+        _ASSEMBLE,
+        _EXACT,
+        "append zeros at the end of each dim",
+    ),
+    _def(
+        "concat",
+        ("a", "b"),
+        "compute",
+        _concat,
+        _flops_none,
+        _ASSEMBLE,
+        _EXACT,
+        "a then b along dim",
+    ),
+    _def(
+        "stack",
+        ("a", "*"),
+        "compute",
+        _stack,
+        _flops_none,
+        _ASSEMBLE,
+        _EXACT,
+        "concatenation of a and others along an existing dim",
+    ),
+    _def(
+        "repeat",
+        ("a",),
+        "compute",
+        _repeat,
+        _flops_none,
+        _ASSEMBLE,
+        _EXACT,
+        "tile the whole tensor n times along dim",
+    ),
+    _def(
+        "rows", ("a", "ids"), "compute", _rows, _flops_none, ANY, _EXACT, "gather rows by I32 ids"
+    ),
+    _def(
+        "argsort",
+        ("a",),
+        "compute",
+        _argsort,
+        _flops_per_in(8),
+        FLOAT,
+        _EXACT,
+        "indices sorting each row ascending",
+    ),
+    _def(
+        "topk",
+        ("a",),
+        "compute",
+        _topk,
+        _flops_per_in(8),
+        FLOAT,
+        _EXACT,
+        "indices of the k largest of each row, descending",
+    ),
+    _def(
+        "conv_2d",
+        ("kernel", "input"),
+        "compute",
+        _conv_2d,
+        _flops_conv,
+        frozenset({DType.F32, DType.F16}),
+        _PRODUCT,
+        "2-D cross-correlation",
+    ),
+    _def(
+        "im2col",
+        ("kernel", "input"),
+        "compute",
+        _im2col,
+        _flops_none,
+        ANY,
+        _EXACT,
+        "unfold input patches into columns",
+    ),
+    _def(
+        "avg_pool_2d",
+        ("a",),
+        "compute",
+        _avg_pool_2d,
+        _flops_per_out(1),
+        FLOAT,
+        _REDUCE,
+        "average pooling, padding counted",
+    ),
+    _def(
+        "scaled_dot_product_attention",
+        ("query", "key", "value", "mask?"),
+        "compute",
+        _attention,
+        _flops_attention,
+        frozenset({DType.F32}),
+        Tolerance(eps_mult=8.0, abs_eps=8.0, reduction=True, nmse=1e-4),
+        "softmax(scale * K^T Q + mask) V with GQA",
+    ),
+    _def(
+        "arange",
+        (),
+        "compute",
+        _arange,
+        _flops_per_out(1),
+        frozenset({DType.F32, DType.I32}),
+        _EXACT,
+        "start + k * step, half-open",
+    ),
     # Optional fused op (not in SEMANTICS §5): every first-party plugin implements it.
-    _def("rope", ("a", "cos", "sin"), "compute", _rope, _flops_per_out(3),
-         frozenset({DType.F32}), Tolerance(eps_mult=4.0, abs_eps=32.0),
-         "rotate pairs of dim 0 by cos/sin tables [n_rot/2, T]; mode 0 normal, 2 neox"),
+    _def(
+        "rope",
+        ("a", "cos", "sin"),
+        "compute",
+        _rope,
+        _flops_per_out(3),
+        frozenset({DType.F32}),
+        Tolerance(eps_mult=4.0, abs_eps=32.0),
+        "rotate pairs of dim 0 by cos/sin tables [n_rot/2, T]; mode 0 normal, 2 neox",
+    ),
 ]
 
 OPS: Mapping[str, OpDef] = {op.name: op for op in _TABLE}

@@ -87,14 +87,22 @@ class _PluginRegistrar:
         self._provider = provider
         self.registered = False
 
-    def register_backend(self, name: str, factory: Factory, *, priority: int = 0,
-                         probe: Probe | None = None, install_hint: str | None = None) -> None:
+    def register_backend(
+        self,
+        name: str,
+        factory: Factory,
+        *,
+        priority: int = 0,
+        probe: Probe | None = None,
+        install_hint: str | None = None,
+    ) -> None:
         if name != self._ep_name:
             raise ValueError(
                 f"[registry] entry point {self._ep_name!r} registered a different name {name!r}"
             )
-        self._owner._add(name, factory, priority, probe, install_hint, self._provider,
-                         discovered=True)
+        self._owner._add(
+            name, factory, priority, probe, install_hint, self._provider, discovered=True
+        )
         self.registered = True
 
 
@@ -111,18 +119,35 @@ class Registry:
 
     # -- registration ---------------------------------------------------------------------------
 
-    def register_backend(self, name: str, factory: Factory, *, priority: int = 0,
-                         probe: Probe | None = None, install_hint: str | None = None) -> None:
+    def register_backend(
+        self,
+        name: str,
+        factory: Factory,
+        *,
+        priority: int = 0,
+        probe: Probe | None = None,
+        install_hint: str | None = None,
+    ) -> None:
         """Register ``factory(model_path, params) -> Backend`` under ``name``.
 
         Registering a name again with the same factory is a no-op; with a different one it
         raises ``DuplicateBackendError``.
         """
-        self._add(name, factory, priority, probe, install_hint, "register_backend",
-                  discovered=False)
+        self._add(
+            name, factory, priority, probe, install_hint, "register_backend", discovered=False
+        )
 
-    def _add(self, name: str, factory: Factory, priority: int, probe: Probe | None,
-             install_hint: str | None, provider: str, *, discovered: bool) -> None:
+    def _add(
+        self,
+        name: str,
+        factory: Factory,
+        priority: int,
+        probe: Probe | None,
+        install_hint: str | None,
+        provider: str,
+        *,
+        discovered: bool,
+    ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(f"[registry] backend name must match [a-z][a-z0-9_]*, got {name!r}")
         if not callable(factory):
@@ -144,8 +169,9 @@ class Registry:
                 )
             if old is not None and old.conflict:
                 return
-            self._entries[name] = _Entry(name, factory, int(priority), probe, install_hint,
-                                         provider)
+            self._entries[name] = _Entry(
+                name, factory, int(priority), probe, install_hint, provider
+            )
 
     def unregister_backend(self, name: str) -> None:
         """Remove ``name`` (for tests). Unknown names are ignored."""
@@ -189,8 +215,11 @@ class Registry:
             self._broken(ep.name, provider, "the plugin registered no backend")
 
     def _broken(self, name: str, provider: str, reason: str) -> None:
-        warnings.warn(f"mlplug plugin {name!r} ({provider}) is unavailable: {reason}",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"mlplug plugin {name!r} ({provider}) is unavailable: {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         if name not in self._entries:
             self._entries[name] = _Entry(name, None, provider=provider, broken=reason)
 
@@ -215,8 +244,11 @@ class Registry:
         infos = []
         for e in entries:
             ok, reason = self._availability(e)
-            infos.append(BackendInfo(e.name, ok, reason, e.priority,
-                                     e.install_hint or _hint(e.name), e.provider))
+            infos.append(
+                BackendInfo(
+                    e.name, ok, reason, e.priority, e.install_hint or _hint(e.name), e.provider
+                )
+            )
         return infos
 
     def _describe(self, infos: list[BackendInfo]) -> str:
@@ -227,15 +259,20 @@ class Registry:
             text += f"; unavailable: {'; '.join(bad)}"
         return text
 
-    def new_backend(self, model_path: Any = None, params: BackendParams | None = None,
-                    backend: str | None = None) -> Backend:
+    def new_backend(
+        self,
+        model_path: Any = None,
+        params: BackendParams | None = None,
+        backend: str | None = None,
+    ) -> Backend:
         """Construct a backend chosen by argument, ``MLPLUG_BACKEND``, or highest priority."""
         params = BackendParams() if params is None else params
         infos = self.list_backends()
         name = backend or os.environ.get("MLPLUG_BACKEND") or None
         if name is None:
-            candidates = sorted((i for i in infos if i.available),
-                                key=lambda i: (-i.priority, i.name))
+            candidates = sorted(
+                (i for i in infos if i.available), key=lambda i: (-i.priority, i.name)
+            )
             if not candidates:
                 raise BackendNotFoundError(
                     f"[registry] no backend is available ({self._describe(infos)}); "
@@ -256,7 +293,8 @@ class Registry:
         if not ok:
             raise BackendUnavailableError(
                 f"[registry] backend {name!r} is unavailable: {reason} ({hint})",
-                reason=reason, install_hint=hint,
+                reason=reason,
+                install_hint=hint,
             )
         assert entry.factory is not None
         try:
@@ -264,7 +302,8 @@ class Registry:
         except ImportError as err:
             raise BackendUnavailableError(
                 f"[registry] backend {name!r} is unavailable: {err} ({hint})",
-                reason=str(err), install_hint=hint,
+                reason=str(err),
+                install_hint=hint,
             ) from err
 
     def hook(self) -> Any:
@@ -277,11 +316,18 @@ registry = Registry()
 """The process-global registry."""
 
 
-def register_backend(name: str, factory: Factory, *, priority: int = 0,
-                     probe: Probe | None = None, install_hint: str | None = None) -> None:
+def register_backend(
+    name: str,
+    factory: Factory,
+    *,
+    priority: int = 0,
+    probe: Probe | None = None,
+    install_hint: str | None = None,
+) -> None:
     """Register a backend factory in the global registry (see :meth:`Registry.register_backend`)."""
-    registry.register_backend(name, factory, priority=priority, probe=probe,
-                              install_hint=install_hint)
+    registry.register_backend(
+        name, factory, priority=priority, probe=probe, install_hint=install_hint
+    )
 
 
 def unregister_backend(name: str) -> None:
@@ -294,7 +340,8 @@ def list_backends() -> list[BackendInfo]:
     return registry.list_backends()
 
 
-def new_backend(model_path: Any = None, params: BackendParams | None = None,
-                backend: str | None = None) -> Backend:
+def new_backend(
+    model_path: Any = None, params: BackendParams | None = None, backend: str | None = None
+) -> Backend:
     """Construct a new backend (SEMANTICS §10 selection rules)."""
     return registry.new_backend(model_path, params, backend)

@@ -148,8 +148,13 @@ class Tensor:
 
     # -- op recording ---------------------------------------------------------------------------
 
-    def _op_call(self, ctx: Context, op: str, srcs: Sequence[Tensor | None],
-                 params: dict[str, Any] | None = None) -> Tensor:
+    def _op_call(
+        self,
+        ctx: Context,
+        op: str,
+        srcs: Sequence[Tensor | None],
+        params: dict[str, Any] | None = None,
+    ) -> Tensor:
         return ctx._record(op, (self, *srcs), params or {})
 
     # unary (§5.3)
@@ -320,14 +325,16 @@ class Tensor:
         return self._op_call(ctx, "topk", (), {"k": k})
 
     # convolution (§5.9)
-    def conv_2d(self, ctx: Context, input: Tensor, s0: int, s1: int, p0: int, p1: int,
-                d0: int, d1: int) -> Tensor:
+    def conv_2d(
+        self, ctx: Context, input: Tensor, s0: int, s1: int, p0: int, p1: int, d0: int, d1: int
+    ) -> Tensor:
         """Return the 2-D cross-correlation of ``input`` with this kernel."""
         params = {"s0": s0, "s1": s1, "p0": p0, "p1": p1, "d0": d0, "d1": d1}
         return self._op_call(ctx, "conv_2d", (input,), params)
 
-    def im2col(self, ctx: Context, input: Tensor, s0: int, s1: int, p0: int, p1: int,
-               d0: int, d1: int) -> Tensor:
+    def im2col(
+        self, ctx: Context, input: Tensor, s0: int, s1: int, p0: int, p1: int, d0: int, d1: int
+    ) -> Tensor:
         """Return ``input``'s patches as columns, for this kernel's shape."""
         params = {"s0": s0, "s1": s1, "p0": p0, "p1": p1, "d0": d0, "d1": d1}
         return self._op_call(ctx, "im2col", (input,), params)
@@ -348,9 +355,14 @@ class Tensor:
         return self._op_call(ctx, "rope", (cos, sin), {"mode": mode})
 
     # attention (§8.7)
-    def scaled_dot_product_attention(self, ctx: Context, key: Tensor, value: Tensor,
-                                     mask: Tensor | None, scale: float) -> Tensor:
+    def scaled_dot_product_attention(
+        self, ctx: Context, key: Tensor, value: Tensor, mask: Tensor | None, scale: float
+    ) -> Tensor:
         """Return fused attention of this query over ``key``/``value`` (GQA), ``[Dv, H, T]``."""
         permuted = ctx._backend_permuted_v()
-        return self._op_call(ctx, "scaled_dot_product_attention", (key, value, mask),
-                             {"scale": scale, "permuted_v": permuted})
+        return self._op_call(
+            ctx,
+            "scaled_dot_product_attention",
+            (key, value, mask),
+            {"scale": scale, "permuted_v": permuted},
+        )

@@ -59,64 +59,125 @@ EXAMPLES: dict[str, tuple[Callable[[Context], Tensor], list[float], tuple[int, .
     "arange f32": (lambda c: c.arange(0, 5, 2, F32), [0, 2, 4], (3,)),
     "arange i32 trunc": (lambda c: c.arange(0, 1, 0.25, I32), [0, 0, 0, 0], (4,)),
     "arange negative step": (lambda c: c.arange(5, 0, -2, F32), [5, 3, 1], (3,)),
-    "arange 0.3": (lambda c: c.arange(0, 1, 0.3, F32),
-                   np.float32([0, 0.3, 0.6, 0.9]).tolist(), (4,)),
+    "arange 0.3": (
+        lambda c: c.arange(0, 1, 0.3, F32),
+        np.float32([0, 0.3, 0.6, 0.9]).tolist(),
+        (4,),
+    ),
     # §5.2 binary ops tile b
-    "add tile [3]": (lambda c: f(c, range(12), 6, 2).add(c, f(c, [100, 200, 300], 3)),
-                     [100, 201, 302, 103, 204, 305, 106, 207, 308, 109, 210, 311], (6, 2)),
-    "add tile [1,2]": (lambda c: f(c, range(12), 6, 2).add(c, f(c, [100, 200], 1, 2)),
-                       [*range(100, 106), *range(206, 212)], (6, 2)),
+    "add tile [3]": (
+        lambda c: f(c, range(12), 6, 2).add(c, f(c, [100, 200, 300], 3)),
+        [100, 201, 302, 103, 204, 305, 106, 207, 308, 109, 210, 311],
+        (6, 2),
+    ),
+    "add tile [1,2]": (
+        lambda c: f(c, range(12), 6, 2).add(c, f(c, [100, 200], 1, 2)),
+        [*range(100, 106), *range(206, 212)],
+        (6, 2),
+    ),
     # §5.4 products
     "mulmat dot": (lambda c: f(c, [0, 1, 2], 3).mulmat(c, f(c, [0, 1, 2], 3)), [5], (1,)),
-    "mulmat vec": (lambda c: f(c, range(4), 4).mulmat(c, f(c, range(12), 4, 3)),
-                   [14, 38, 62], (1, 3)),
-    "mulmat batch": (lambda c: f(c, range(20), 4, 5).mulmat(c, f(c, range(120), 4, 3, 10)),
-                     None, (5, 3, 10)),  # first ten values checked below
-    "mulmat_id": (lambda c: f(c, range(60), 4, 3, 5).mulmat_id(
-        c, f(c, [1, 0, 0, 0, 0, 1, 0, 0], 4, 1, 2), i(c, [4, 1, 0, 4], 2, 2)),
-        [48, 52, 56, 12, 16, 20, 1, 5, 9, 49, 53, 57], (3, 2, 2)),
+    "mulmat vec": (
+        lambda c: f(c, range(4), 4).mulmat(c, f(c, range(12), 4, 3)),
+        [14, 38, 62],
+        (1, 3),
+    ),
+    "mulmat batch": (
+        lambda c: f(c, range(20), 4, 5).mulmat(c, f(c, range(120), 4, 3, 10)),
+        None,
+        (5, 3, 10),
+    ),  # first ten values checked below
+    "mulmat_id": (
+        lambda c: f(c, range(60), 4, 3, 5).mulmat_id(
+            c, f(c, [1, 0, 0, 0, 0, 1, 0, 0], 4, 1, 2), i(c, [4, 1, 0, 4], 2, 2)
+        ),
+        [48, 52, 56, 12, 16, 20, 1, 5, 9, 49, 53, 57],
+        (3, 2, 2),
+    ),
     # §5.5 rows
     "softmax": (lambda c: f(c, [1, 2, 3], 3).softmax(c), None, (3,)),
     "mean": (lambda c: f(c, [1, 2, 3, 4, 6, 8], 3, 2).mean(c), [2, 6], (1, 2)),
     "sum_rows": (lambda c: f(c, [1, 2, 3, 4, 6, 8], 3, 2).sum_rows(c), [6, 18], (1, 2)),
     # §5.6 views (operand must stay a buffer of the placed context)
     "view row": (lambda c: f(c, range(12), 4, 3).view(c, 16, 4), [4, 5, 6, 7], (4,)),
-    "view cols": (lambda c: f(c, range(12), 4, 3).view(c, 4, 2, 16, 3),
-                  [1, 2, 5, 6, 9, 10], (2, 3)),
-    "view split": (lambda c: f(c, range(12), 4, 3).view(c, 0, 2, 8, 2, 16, 3),
-                   list(range(12)), (2, 2, 3)),
-    "permute 2d": (lambda c: f(c, range(6), 3, 2).permute(c, 1, 0, 2, 3),
-                   [0, 3, 1, 4, 2, 5], (2, 3)),
+    "view cols": (
+        lambda c: f(c, range(12), 4, 3).view(c, 4, 2, 16, 3),
+        [1, 2, 5, 6, 9, 10],
+        (2, 3),
+    ),
+    "view split": (
+        lambda c: f(c, range(12), 4, 3).view(c, 0, 2, 8, 2, 16, 3),
+        list(range(12)),
+        (2, 2, 3),
+    ),
+    "permute 2d": (
+        lambda c: f(c, range(6), 3, 2).permute(c, 1, 0, 2, 3),
+        [0, 3, 1, 4, 2, 5],
+        (2, 3),
+    ),
     # §5.7 assembling
-    "set stride": (lambda c: w(c).zeros(F32, 4, 3).set(c, f(c, [1, 2, 3, 4], 2, 2), 4, 16),
-                   [0, 1, 2, 0, 0, 3, 4, 0, 0, 0, 0, 0], (4, 3)),
-    "set wrap": (lambda c: w(c).zeros(F32, 4, 3).set(c, f(c, [7, 8, 9], 3), 8),
-                 [0, 0, 7, 8, 9, 0, 0, 0, 0, 0, 0, 0], (4, 3)),
-    "pad": (lambda c: f(c, range(6), 2, 3).pad(c, 1, 2, 0, 0),
-            [0, 1, 0, 2, 3, 0, 4, 5, 0, 0, 0, 0, 0, 0, 0], (3, 5)),
-    "pad p3": (lambda c: f(c, range(6), 2, 3).pad(c, 0, 0, 0, 1),
-               [*range(6), *[0] * 6], (2, 3, 1, 2)),
-    "concat dim1": (lambda c: f(c, range(6), 2, 3).concat(c, f(c, [10, 11], 2, 1), 1),
-                    [*range(6), 10, 11], (2, 4)),
-    "concat dim0": (lambda c: f(c, range(6), 2, 3).concat(c, f(c, [20, 21, 22], 1, 3), 0),
-                    [0, 1, 20, 2, 3, 21, 4, 5, 22], (3, 3)),
-    "stack dim1": (lambda c: f(c, [1, 2, 3], 3).stack(c, 1, f(c, [4, 5, 6], 3),
-                                                      f(c, [7, 8, 9], 3)),
-                   list(range(1, 10)), (3, 3)),
-    "stack dim0": (lambda c: f(c, [1, 2, 3], 3).stack(c, 0, f(c, [4, 5, 6], 3),
-                                                      f(c, [7, 8, 9], 3)),
-                   list(range(1, 10)), (9,)),
-    "repeat dim0": (lambda c: f(c, range(6), 2, 3).repeat(c, 0, 2),
-                    [0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5], (4, 3)),
-    "repeat dim1": (lambda c: f(c, range(6), 2, 3).repeat(c, 1, 2), [*range(6), *range(6)],
-                    (2, 6)),
-    "rows embedding": (lambda c: f(c, range(12), 3, 4).rows(c, i(c, [2, 0, 2], 3)),
-                       [6, 7, 8, 0, 1, 2, 6, 7, 8], (3, 3)),
-    "rows batched": (lambda c: f(c, range(16), 2, 4, 2).rows(c, i(c, [3, 0, 1, 1, 1, 2], 3, 2)),
-                     [6, 7, 0, 1, 2, 3, 10, 11, 10, 11, 12, 13], (2, 3, 2)),
+    "set stride": (
+        lambda c: w(c).zeros(F32, 4, 3).set(c, f(c, [1, 2, 3, 4], 2, 2), 4, 16),
+        [0, 1, 2, 0, 0, 3, 4, 0, 0, 0, 0, 0],
+        (4, 3),
+    ),
+    "set wrap": (
+        lambda c: w(c).zeros(F32, 4, 3).set(c, f(c, [7, 8, 9], 3), 8),
+        [0, 0, 7, 8, 9, 0, 0, 0, 0, 0, 0, 0],
+        (4, 3),
+    ),
+    "pad": (
+        lambda c: f(c, range(6), 2, 3).pad(c, 1, 2, 0, 0),
+        [0, 1, 0, 2, 3, 0, 4, 5, 0, 0, 0, 0, 0, 0, 0],
+        (3, 5),
+    ),
+    "pad p3": (
+        lambda c: f(c, range(6), 2, 3).pad(c, 0, 0, 0, 1),
+        [*range(6), *[0] * 6],
+        (2, 3, 1, 2),
+    ),
+    "concat dim1": (
+        lambda c: f(c, range(6), 2, 3).concat(c, f(c, [10, 11], 2, 1), 1),
+        [*range(6), 10, 11],
+        (2, 4),
+    ),
+    "concat dim0": (
+        lambda c: f(c, range(6), 2, 3).concat(c, f(c, [20, 21, 22], 1, 3), 0),
+        [0, 1, 20, 2, 3, 21, 4, 5, 22],
+        (3, 3),
+    ),
+    "stack dim1": (
+        lambda c: f(c, [1, 2, 3], 3).stack(c, 1, f(c, [4, 5, 6], 3), f(c, [7, 8, 9], 3)),
+        list(range(1, 10)),
+        (3, 3),
+    ),
+    "stack dim0": (
+        lambda c: f(c, [1, 2, 3], 3).stack(c, 0, f(c, [4, 5, 6], 3), f(c, [7, 8, 9], 3)),
+        list(range(1, 10)),
+        (9,),
+    ),
+    "repeat dim0": (
+        lambda c: f(c, range(6), 2, 3).repeat(c, 0, 2),
+        [0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5],
+        (4, 3),
+    ),
+    "repeat dim1": (lambda c: f(c, range(6), 2, 3).repeat(c, 1, 2), [*range(6), *range(6)], (2, 6)),
+    "rows embedding": (
+        lambda c: f(c, range(12), 3, 4).rows(c, i(c, [2, 0, 2], 3)),
+        [6, 7, 8, 0, 1, 2, 6, 7, 8],
+        (3, 3),
+    ),
+    "rows batched": (
+        lambda c: f(c, range(16), 2, 4, 2).rows(c, i(c, [3, 0, 1, 1, 1, 2], 3, 2)),
+        [6, 7, 0, 1, 2, 3, 10, 11, 10, 11, 12, 13],
+        (2, 3, 2),
+    ),
     # §5.8
-    "topk": (lambda c: f(c, [0.1, 0.9, 0.5, 0.3, 4, 3, 2, 1], 4, 2).topk(c, 2), [1, 2, 0, 1],
-             (2, 2)),
+    "topk": (
+        lambda c: f(c, [0.1, 0.9, 0.5, 0.3, 4, 3, 2, 1], 4, 2).topk(c, 2),
+        [1, 2, 0, 1],
+        (2, 2),
+    ),
 }
 
 
@@ -179,5 +240,5 @@ def test_copy_into_kv_cache_view(ctx: Context) -> None:
     cp = src.copy(ctx, cells)
     ctx.forward(cp).compute(cp)
     full = cache.numpy()
-    assert np.array_equal(full[lo:lo + n].reshape(-1), (np.arange(128 * 8 * n) % 7))
-    assert not full[:lo].any() and not full[lo + n:].any()
+    assert np.array_equal(full[lo : lo + n].reshape(-1), (np.arange(128 * 8 * n) % 7))
+    assert not full[:lo].any() and not full[lo + n :].any()

@@ -25,8 +25,10 @@ def _rope_case(mode: int, d: int, heads: int, tokens: int, n_rot: int, permuted:
     if permuted:
         # x is [D, T, H] in memory; the receiver is its [D, H, T] permutation (strided).
         inputs = [inp("x", f32, d, tokens, heads), *tables]
-        steps = [step("xp", "permute", "x", axes=(0, 2, 1, 3)),
-                 step("y", "rope", "xp", "c", "s", mode=mode)]
+        steps = [
+            step("xp", "permute", "x", axes=(0, 2, 1, 3)),
+            step("y", "rope", "xp", "c", "s", mode=mode),
+        ]
     else:
         inputs = [inp("x", f32, d, heads, tokens), *tables]
         steps = [step("y", "rope", "x", "c", "s", mode=mode)]

@@ -34,10 +34,12 @@ __all__ = ["GraphBackend"]
 
 _A, _F, _U = AllocationStatus.ALLOCATED, AllocationStatus.FAILED, AllocationStatus.UNALLOCATED
 
-_FLASH = CacheConfig(cache_padding=256, permuted_v=False, mask_dtype=DType.F16,
-                     mask_batch_padding=64)
-_NO_FLASH = CacheConfig(cache_padding=32, permuted_v=True, mask_dtype=DType.OTHER,
-                        mask_batch_padding=0)
+_FLASH = CacheConfig(
+    cache_padding=256, permuted_v=False, mask_dtype=DType.F16, mask_batch_padding=64
+)
+_NO_FLASH = CacheConfig(
+    cache_padding=32, permuted_v=True, mask_dtype=DType.OTHER, mask_batch_padding=0
+)
 
 
 class GraphBackend:
@@ -89,11 +91,14 @@ class GraphBackend:
             self._model = Model.open(model_path)
             self._config = self._model.config
             self.blocks = self._model.blocks
-        splits = normalized_splits(
-            params.tensor_split, [d.free_memory() for d in devices[1:]]
-        ) if self.n_gpus else []
-        gpu_of_layer = layer_devices(self.blocks, params.num_gpu_layers, self.n_gpus,
-                                     params.main_gpu, splits)
+        splits = (
+            normalized_splits(params.tensor_split, [d.free_memory() for d in devices[1:]])
+            if self.n_gpus
+            else []
+        )
+        gpu_of_layer = layer_devices(
+            self.blocks, params.num_gpu_layers, self.n_gpus, params.main_gpu, splits
+        )
         self._layer_device = [0 if g is None else g + 1 for g in gpu_of_layer]
         self._books = Books([d.name for d in devices], [d.id for d in devices], self.blocks)
         self._weights: dict[str, Tensor] = {}
@@ -106,8 +111,7 @@ class GraphBackend:
 
     # -- public Backend API ---------------------------------------------------------------------
 
-    def load(self, progress: Callable[[float], None] | None = None,
-             cancel: Any = None) -> None:
+    def load(self, progress: Callable[[float], None] | None = None, cancel: Any = None) -> None:
         """Read every tensor's data from the model file into the weight storage (§6.6)."""
         self._check_open("load")
         with self._guard("load"):
@@ -298,8 +302,9 @@ class GraphBackend:
 
     def _plan(self, family: Family, outputs: Sequence[Tensor]) -> Plan:
         main = self.params.main_gpu + 1 if self.n_gpus else 0
-        return make_plan(family.graph, outputs, self.devices, main, self.is_weight,
-                         self._storage_device)
+        return make_plan(
+            family.graph, outputs, self.devices, main, self.is_weight, self._storage_device
+        )
 
     def _reserve(self, family: Family) -> None:
         with self._guard("reserve"):
@@ -325,7 +330,7 @@ class GraphBackend:
                 self._arenas[device] = self._alloc(device, size)
             except DeviceOutOfMemory as err:
                 self._books.set_graph(device, size, _F)
-                for later in order[k + 1:]:
+                for later in order[k + 1 :]:
                     planned = round_up(needed.get(later, 0), self.devices[later].alignment)
                     if planned > self._arena_size[later]:
                         self._books.set_graph(later, planned, _U)
@@ -378,8 +383,13 @@ class GraphBackend:
         assert arena is not None
         return arena, slot.offset
 
-    def _ref(self, plan: Plan, t: Tensor, meta: Meta,
-             moved: dict[tuple[int, int, int], tuple[Buffer, int]] | None = None) -> TensorRef:
+    def _ref(
+        self,
+        plan: Plan,
+        t: Tensor,
+        meta: Meta,
+        moved: dict[tuple[int, int, int], tuple[Buffer, int]] | None = None,
+    ) -> TensorRef:
         if meta.n == 0:
             arena = next(a for a in self._arenas if a is not None)
             return TensorRef(arena, 0, meta.ne, meta.nb, meta.dtype)
@@ -388,8 +398,9 @@ class GraphBackend:
             # The operand lives on another device: it was transferred (its exact span).
             start, stop = TensorRef(None, meta.offset, meta.ne, meta.nb, meta.dtype).span()
             buffer, slot_offset = moved[(id(root), start, stop)]
-            return TensorRef(buffer, slot_offset + meta.offset - start, meta.ne, meta.nb,
-                             meta.dtype)
+            return TensorRef(
+                buffer, slot_offset + meta.offset - start, meta.ne, meta.nb, meta.dtype
+            )
         buffer, base = self._base(plan, root)
         return TensorRef(buffer, base + meta.offset, meta.ne, meta.nb, meta.dtype)
 
@@ -426,9 +437,11 @@ class GraphBackend:
                 batch_device = step.device
             here = moved.get(step.device)
             srcs = tuple(
-                None if s is None else self._ref(plan, s, s._meta,
-                                                 here if self._loc(plan, s) != step.device
-                                                 else None)
+                None
+                if s is None
+                else self._ref(
+                    plan, s, s._meta, here if self._loc(plan, s) != step.device else None
+                )
                 for s in node._srcs
             )
             out = self._ref(plan, node, node._meta)

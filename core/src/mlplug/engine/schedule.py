@@ -172,8 +172,7 @@ def make_plan(
             if slot is None:
                 use(s, len(plan.steps))
                 slot = Slot(device, stop - start, len(plan.steps), len(plan.steps))
-                plan.steps.append(Step(device, transfer_root=root, span=(start, stop),
-                                       slot=slot))
+                plan.steps.append(Step(device, transfer_root=root, span=(start, stop), slot=slot))
                 transfers[key] = slot
                 transfers_of_root.setdefault(id(root), []).append(key)
             slot.last = len(plan.steps)
@@ -201,8 +200,9 @@ def make_plan(
     return plan
 
 
-def _unsupported(devices: Sequence[Device], device: int, node: Tensor,
-                 cache: dict[tuple[int, int], str | None]) -> str | None:
+def _unsupported(
+    devices: Sequence[Device], device: int, node: Tensor, cache: dict[tuple[int, int], str | None]
+) -> str | None:
     key = (device, id(node))
     if key not in cache:
         cache[key] = devices[device].unsupported(_spec(node))
@@ -228,8 +228,10 @@ def _assign_offsets(plan: Plan, devices: Sequence[Device]) -> None:
             for other in sorted(live, key=lambda s: s.offset):
                 if offset + size <= other.offset:
                     break
-                offset = max(offset, round_up(other.offset + round_up(max(other.size, 1),
-                                                                      alignment), alignment))
+                offset = max(
+                    offset,
+                    round_up(other.offset + round_up(max(other.size, 1), alignment), alignment),
+                )
             slot.offset = offset
             live.append(slot)
             peak = max(peak, offset + size)

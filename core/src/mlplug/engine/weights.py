@@ -35,8 +35,11 @@ CHUNK = 16 * 1024 * 1024
 
 # Big-endian files store every multi-byte number big-endian, the scales inside quantised
 # blocks included. Bytes to swap at the start of each block, for the block types we convert.
-_BLOCK_SWAPS: dict[DType, tuple[int, ...]] = {DType.Q8_0: (2,), DType.Q4_0: (2,),
-                                              DType.Q4_1: (2, 2)}
+_BLOCK_SWAPS: dict[DType, tuple[int, ...]] = {
+    DType.Q8_0: (2,),
+    DType.Q4_0: (2,),
+    DType.Q4_1: (2, 2),
+}
 
 
 def _swappable(dtype: DType) -> bool:
@@ -56,7 +59,7 @@ def _to_little_endian(data: memoryview, dtype: DType) -> bytes:
     blocks = raw.reshape(-1, dtype.type_size).copy()
     start = 0
     for width in _BLOCK_SWAPS[dtype]:
-        blocks[:, start:start + width] = blocks[:, start:start + width][:, ::-1]
+        blocks[:, start : start + width] = blocks[:, start : start + width][:, ::-1]
         start += width
     return blocks.tobytes()
 
@@ -124,8 +127,11 @@ class Model:
         for placement, info in self.placements():
             device = 0 if placement.layer is None else layer_device[placement.layer]
             dev = devices[device]
-            size = (dev.weight_nbytes(info.dtype, info.ne)
-                    if isinstance(dev, SupportsWeightUpload) else info.nbytes)
+            size = (
+                dev.weight_nbytes(info.dtype, info.ne)
+                if isinstance(dev, SupportsWeightUpload)
+                else info.nbytes
+            )
             weight = _Weight(placement, info, device, totals.get(device, 0))
             totals[device] = weight.offset + round_up(size, dev.alignment)
             self.weights.append(weight)
@@ -143,8 +149,11 @@ class Model:
                 if w.device != device:
                     continue
                 dev = devices[device]
-                size = (dev.weight_nbytes(w.info.dtype, w.info.ne)
-                        if isinstance(dev, SupportsWeightUpload) else w.info.nbytes)
+                size = (
+                    dev.weight_nbytes(w.info.dtype, w.info.ne)
+                    if isinstance(dev, SupportsWeightUpload)
+                    else w.info.nbytes
+                )
                 accounted = round_up(size, dev.alignment)
                 if w.placement.layer is None:
                     inputs += accounted
@@ -166,12 +175,12 @@ class Model:
         for w in self.weights:
             meta = Meta.fresh(w.info.dtype, w.info.ne)
             storage = Storage(w.device, self.buffers[w.device], w.offset, w.info.nbytes)
-            w.tensor = Tensor(backend._weights_family, meta, storage=storage,
-                              name=w.placement.name)
+            w.tensor = Tensor(backend._weights_family, meta, storage=storage, name=w.placement.name)
             backend._weights[w.placement.name] = w.tensor
 
-    def load(self, backend: GraphBackend, progress: Callable[[float], None] | None,
-             cancel: Any) -> None:
+    def load(
+        self, backend: GraphBackend, progress: Callable[[float], None] | None, cancel: Any
+    ) -> None:
         """Copy every weight's bytes from the file (§6.6)."""
         try:
             actual = os.stat(self.file.path).st_size
@@ -212,8 +221,9 @@ class Model:
                     raise LoadCancelledError("load: cancelled")
                 n = min(chunk, w.info.nbytes - start)
                 data = self.file.view(w.info.offset + start, n)
-                buffer.write(storage.offset + start,
-                             _to_little_endian(data, w.info.dtype) if big else data)
+                buffer.write(
+                    storage.offset + start, _to_little_endian(data, w.info.dtype) if big else data
+                )
                 # The bytes now live in device memory: drop the mapped pages from our RSS.
                 self.file.release(w.info.offset + start, n)
                 done += n

@@ -45,8 +45,9 @@ def mlplug_register_backends(registry: Registry) -> None:
 
 
 @hookimpl
-def mlplug_memory_settings(backend: str, gpus: int, gpu_memory: int | None,
-                           cpu_memory: int | None) -> dict[str, str] | None:
+def mlplug_memory_settings(
+    backend: str, gpus: int, gpu_memory: int | None, cpu_memory: int | None
+) -> dict[str, str] | None:
     """Present ``gpus`` simulated GPUs and caps through the plugin's environment variables."""
     if backend != PLUGIN.name:
         return None
