@@ -272,6 +272,25 @@ def test_unsupported_node_falls_back_to_cpu() -> None:
     backend.close()
 
 
+def test_without_cpu_fallback_a_declined_node_raises_naming_the_device() -> None:
+    plugin, devices = toy_plugin(1, gpu_unsupported=("neg",))
+    backend = plugin.factory(None, BackendParams(num_gpu_layers=1, cpu_fallback=False))
+    ctx = backend.new_context()
+    a = ctx.layer(0).from_float_slice([1, 2, 3], 3)
+    y = a.neg(ctx)
+    ctx.forward(y)
+    with pytest.raises(mlplug.UnsupportedOpError, match=r"^neg: device TOY0 declines it \(TOY0"):
+        ctx.compute(y)
+    assert devices[0].executed == []
+    # Graphs of ops the GPU runs are unaffected.
+    ctx2 = backend.new_context()
+    b = ctx2.layer(0).from_float_slice([1, 2, 3], 3)
+    z = b.add(ctx2, b)
+    ctx2.forward(z).compute(z)
+    assert z.floats().tolist() == [2, 4, 6]
+    backend.close()
+
+
 def test_no_device_supports_raises(toy: mlplug.Backend) -> None:
     ctx = toy.new_context()
     s = values(ctx, 4).sin(ctx)

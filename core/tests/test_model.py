@@ -250,6 +250,27 @@ def test_inputs_on_two_gpus_gather_on_main_gpu(tmp_path: Path, main: int) -> Non
     be.close()
 
 
+@pytest.mark.parametrize("direct", [(True, True), (True, False), (False, True)])
+def test_gpu_to_gpu_transfers_copy_directly_when_both_devices_offer_it(
+    tmp_path: Path, direct: tuple[bool, bool]
+) -> None:
+    path = placement_model(tmp_path, blocks=4)
+    plugin, devices = toy_plugin(2, gpu_direct=direct)
+    be = plugin.factory(str(path), BackendParams(num_gpu_layers=4, main_gpu=1, tensor_split=(1, 1)))
+    ctx = be.new_context()
+    a = ctx.layer(0).from_float_slice([1, 2, 3], 3)  # TOY0
+    b = ctx.layer(2).from_float_slice([10, 20, 30], 3)  # TOY1
+    y = a.add(ctx, b)  # runs on TOY1 (main_gpu): a is transferred from TOY0
+    ctx.forward(y).compute(y)
+    assert y.floats().tolist() == [11, 22, 33]
+    copies = getattr(devices[2], "direct_copies", None)
+    if all(direct):
+        assert copies == [12]  # the 12 bytes of a, device to device
+    else:
+        assert not copies  # one side cannot: through host bytes
+    be.close()
+
+
 def _swap_block_scales(packed: np.ndarray, dtype: DType) -> np.ndarray:
     """Make a little-endian quantised tensor's bytes big-endian (swap each block's fp16 d)."""
     blocks = packed.reshape(-1, dtype.type_size).copy()

@@ -109,20 +109,46 @@ class ToyDevice:
         pass
 
 
+class DirectToyDevice(ToyDevice):
+    """A toy device that copies from other toy devices' buffers directly (no host bytes)."""
+
+    def __init__(
+        self, name: str, kind: str, cap: int = 1 << 30, unsupported_ops: Sequence[str] = ()
+    ) -> None:
+        super().__init__(name, kind, cap, unsupported_ops)
+        self.direct_copies: list[int] = []
+
+    def copy_from(
+        self, src: object, src_offset: int, dst: object, dst_offset: int, nbytes: int
+    ) -> bool:
+        if not isinstance(src, ToyBuffer) or not isinstance(dst, ToyBuffer):
+            return False
+        assert src.data is not None and dst.data is not None
+        dst.data[dst_offset : dst_offset + nbytes] = src.data[src_offset : src_offset + nbytes]
+        self.direct_copies.append(nbytes)
+        return True
+
+
 def toy_plugin(
     n_gpus: int = 0,
     *,
     cpu_cap: int = 1 << 30,
     gpu_cap: int = 1 << 20,
     gpu_unsupported: Sequence[str] = (),
+    gpu_direct: Sequence[bool] = (),
 ) -> tuple[EnginePlugin, list[ToyDevice]]:
-    """Return a plugin whose ``load`` returns fresh toy devices (also returned for inspection)."""
+    """Return a plugin whose ``load`` returns fresh toy devices (also returned for inspection).
+
+    ``gpu_direct[i]`` makes GPU ``i`` a :class:`DirectToyDevice` (optional direct copies).
+    """
     made: list[ToyDevice] = []
 
     def load(params: mlplug.BackendParams) -> list[ToyDevice]:
         made.clear()
         made.append(ToyDevice("CPU", "cpu", cpu_cap))
-        made.extend(ToyDevice(f"TOY{i}", "gpu", gpu_cap, gpu_unsupported) for i in range(n_gpus))
+        for i in range(n_gpus):
+            kind = DirectToyDevice if i < len(gpu_direct) and gpu_direct[i] else ToyDevice
+            made.append(kind(f"TOY{i}", "gpu", gpu_cap, gpu_unsupported))
         return made
 
     return EnginePlugin(name="toy", load=load), made

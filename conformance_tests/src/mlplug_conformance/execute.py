@@ -1,11 +1,10 @@
 """Run cases against a backend through the public API and judge them (test and support modes).
 
 Unsupported ops are detected through the public API: the engine raises
-``mlplug.UnsupportedOpError`` at compute when no device of the backend can execute a node (a
-device's ``unsupported()`` declines it and the CPU device declines it too). A GPU device that
-declines a node is *not* visible here: the engine runs it on the CPU device instead, so the case
-tests the CPU's result — a future hook (``supports_op`` through ``mlplug.hookspecs``) would let
-the suite report that as "unsupported on this device" rather than pass.
+``mlplug.UnsupportedOpError`` at compute when no device of the backend can execute a node. The
+suite builds its backends with ``BackendParams(cpu_fallback=False)``, so a node that the GPU
+under test declines raises too (instead of silently running on the CPU device): a declined op is
+reported "unsupported" with the device's reason, never as a pass.
 """
 
 from __future__ import annotations
@@ -163,7 +162,7 @@ class WeightFile:
         path = Path(self.folder.name) / "weights.gguf"
         synth.write_gguf(path, tensors, metadata={"llama.block_count": (GGUFValueType.UINT32, 1)})
         try:
-            params = mlplug.BackendParams(num_gpu_layers=1)
+            params = mlplug.BackendParams(num_gpu_layers=1, cpu_fallback=False)
             self.backend = mlplug.new_backend(str(path), params, backend=backend_name)
             self.backend.load()
         except Exception as err:
@@ -219,7 +218,9 @@ class Session:
     def backend(self, flash_attention: bool) -> Backend:
         """Return (creating once) the backend for this attention flavour."""
         if flash_attention not in self._backends:
-            params = mlplug.BackendParams(num_gpu_layers=1, flash_attention=flash_attention)
+            params = mlplug.BackendParams(
+                num_gpu_layers=1, flash_attention=flash_attention, cpu_fallback=False
+            )
             self._backends[flash_attention] = mlplug.new_backend(
                 None, params, backend=self.backend_name
             )

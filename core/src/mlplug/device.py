@@ -63,6 +63,7 @@ __all__ = [
     "Node",
     "OpDef",
     "SupportsCacheConfig",
+    "SupportsDirectCopy",
     "SupportsWeightUpload",
     "TensorRef",
     "contiguous_strides",
@@ -245,6 +246,27 @@ class SupportsCacheConfig(Protocol):
 
     def cache_config(self, flash_attention: bool) -> CacheConfig:
         """Return the cache layout this device's attention expects."""
+        ...
+
+
+@runtime_checkable
+class SupportsDirectCopy(Protocol):
+    """Optional: copies between devices without a round trip through host bytes.
+
+    The engine moves an operand from device A to device B with ``B.copy_from(...)`` when both
+    A and B implement this protocol, after synchronising A; a ``False`` answer (e.g. the source
+    buffer belongs to another plugin) makes it fall back to ``read`` + ``write``.
+    """
+
+    def copy_from(
+        self, src: Buffer, src_offset: int, dst: Buffer, dst_offset: int, nbytes: int
+    ) -> bool:
+        """Copy ``nbytes`` from ``src`` (another device's buffer) into ``dst`` (this device's).
+
+        Returns:
+            Whether the copy was made (it may complete asynchronously, ordered before this
+            device's later work); ``False`` leaves both buffers untouched.
+        """
         ...
 
 

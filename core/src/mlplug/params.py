@@ -21,6 +21,9 @@ class BackendParams:
         main_gpu: Index of the GPU that holds the output layer and gathered results.
         tensor_split: Relative share of offloaded layers per GPU; empty means by free memory.
         flash_attention: Use fused flash attention (changes ``cache_config()``).
+        cpu_fallback: Run a node that a GPU device declines on the CPU device (the default);
+            when false such a node raises ``UnsupportedOpError`` naming the device and its
+            reason (the conformance suite uses this to see what the device under test runs).
     """
 
     num_threads: int = 0
@@ -28,6 +31,7 @@ class BackendParams:
     main_gpu: int = 0
     tensor_split: tuple[float, ...] = field(default=())
     flash_attention: bool = False
+    cpu_fallback: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.num_threads, bool) or int(self.num_threads) != self.num_threads:

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from mlplug import _convert
 from mlplug.context import Context, Family
-from mlplug.device import Buffer, Device, DeviceOutOfMemory, Node, SupportsCacheConfig, TensorRef
+from mlplug.device import (
+    Buffer,
+    Device,
+    DeviceOutOfMemory,
+    Node,
+    SupportsCacheConfig,
+    SupportsDirectCopy,
+    TensorRef,
+)
 from mlplug.dtype import DType
 from mlplug.errors import ConcurrentUseError, ContextError, ErrNoMem, NotComputedError
 from mlplug.memory import AllocationStatus, BackendMemory
@@ -303,7 +311,13 @@ class GraphBackend:
     def _plan(self, family: Family, outputs: Sequence[Tensor]) -> Plan:
         main = self.params.main_gpu + 1 if self.n_gpus else 0
         return make_plan(
-            family.graph, outputs, self.devices, main, self.is_weight, self._storage_device
+            family.graph,
+            outputs,
+            self.devices,
+            main,
+            self.is_weight,
+            self._storage_device,
+            cpu_fallback=self.params.cpu_fallback,
         )
 
     def _reserve(self, family: Family) -> None:
@@ -423,10 +437,15 @@ class GraphBackend:
                 src_buffer, src_base = self._base(plan, root)
                 self.devices[self._loc(plan, root)].synchronize()
                 start, stop = step.span
-                data = src_buffer.read(src_base + start, stop - start)
                 arena = self._arenas[step.device]
                 assert arena is not None and step.slot is not None
-                arena.write(step.slot.offset, data)
+                self._transfer(
+                    self._loc(plan, root),
+                    step.device,
+                    (src_buffer, src_base + start),
+                    (arena, step.slot.offset),
+                    stop - start,
+                )
                 key = (id(root), start, stop)
                 moved.setdefault(step.device, {})[key] = (arena, step.slot.offset)
                 continue
@@ -449,6 +468,19 @@ class GraphBackend:
                 srcs = (srcs[0], out)
             batch.append(Node(node._op or "", out, srcs, node._params))
         flush()
+
+    def _transfer(
+        self, src: int, dst: int, source: tuple[Buffer, int], target: tuple[Buffer, int], n: int
+    ) -> None:
+        """Copy ``n`` bytes between devices: directly when both offer it, else via the host."""
+        src_device, dst_device = self.devices[src], self.devices[dst]
+        if (
+            isinstance(src_device, SupportsDirectCopy)
+            and isinstance(dst_device, SupportsDirectCopy)
+            and dst_device.copy_from(source[0], source[1], target[0], target[1], n)
+        ):
+            return
+        target[0].write(target[1], source[0].read(source[1], n))
 
     def _loc(self, plan: Plan, t: Tensor) -> int:
         root = t._root or t

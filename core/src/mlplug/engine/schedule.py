@@ -6,7 +6,8 @@
 * ``copy`` runs where its destination's storage lives;
 * any other node runs on the device of its first weight operand; else on the GPU its operands
   live on, on ``main_gpu`` when they live on several GPUs, on the CPU when none is on a GPU;
-* a device that declares a node unsupported hands it to the CPU device.
+* a device that declares a node unsupported hands it to the CPU device (unless
+  ``cpu_fallback`` is off: then the refusal raises ``UnsupportedOpError``).
 
 Operands that live on another device are copied (the byte span the operand's window touches)
 into a temporary on the executing device, once per compute until a ``copy`` node writes the
@@ -99,6 +100,8 @@ def make_plan(
     main_gpu_device: int,
     is_weight: Callable[[Tensor], bool],
     storage_device: Callable[[Tensor], int],
+    *,
+    cpu_fallback: bool = True,
 ) -> Plan:
     """Schedule ``graph`` and plan its memory.
 
@@ -110,6 +113,7 @@ def make_plan(
         main_gpu_device: Device index of ``main_gpu`` (0 when there is no GPU).
         is_weight: ``is_weight(root) -> bool`` for buffer tensors.
         storage_device: ``storage_device(buffer_tensor) -> int``.
+        cpu_fallback: Whether a node a GPU declines runs on the CPU (else it raises).
     """
     plan = Plan()
     slots_by_node: dict[int, Slot] = {}
@@ -151,6 +155,10 @@ def make_plan(
                 device = (gpus.pop() if len(gpus) == 1 else main_gpu_device) if gpus else 0
             reason = _unsupported(devices, device, node, unsupported_cache)
             if reason is not None and device != 0:
+                if not cpu_fallback:
+                    raise UnsupportedOpError(
+                        f"{node._op}: device {devices[device].name} declines it ({reason})"
+                    )
                 device = 0
                 reason = _unsupported(devices, 0, node, unsupported_cache)
             if reason is not None:
