@@ -21,10 +21,10 @@ from typing import Any
 
 import mlplug
 from mlplug.dtype import DType
-from mlplug.ops import OPS
+from mlplug.ops import OPS, category
 from mlplug_conformance.cases import Case
 from mlplug_conformance.cases.dsl import CREATE_WEIGHT, Params, case, inp, step
-from mlplug_conformance.cases.elementwise import BINARY, UNARY
+from mlplug_conformance.cases.elementwise import BINARY, UNARY, unary_params
 from mlplug_conformance.cases.model import ints
 from mlplug_conformance.cases.program import build_inputs, build_steps, infer_step
 from mlplug_conformance.execute import WeightFile
@@ -36,7 +36,7 @@ _F32 = DType.F32
 
 
 def _unary_params(op: str) -> Params:
-    return {"scale": {"s": 0.5}, "clamp": {"lo": -1.0, "hi": 1.0}}.get(op, {})
+    return unary_params(op)[0][1]
 
 
 def _attention(tokens: int) -> Case:
@@ -121,7 +121,7 @@ def perf_cases() -> list[Case]:
             [step("y", "mulmat_id", "w", "x", "ids")],
         )
     )
-    for op in ("softmax", "sum_rows", "mean", "variance", "stddev", "argsort"):
+    for op in ("softmax", *category("reduce"), "argsort"):
         out.append(
             case(op, _F32, "perf-rows-4096x64", [inp("x", _F32, *rows)], [step("y", op, "x")])
         )

@@ -10,6 +10,7 @@ import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from mlplug._opcalls import ContextOps
 from mlplug.dtype import CREATE, DType
 from mlplug.errors import ContextError, DTypeError, ShapeError
 from mlplug.ops import INT32_MAX, INT32_MIN, OPS, Meta, normalize
@@ -52,8 +53,11 @@ class Family:
             raise ContextError(f"{what}: the backend has been closed")
 
 
-class Context:
-    """A member of a context family: the root, an ``input()`` or a ``layer(i)`` context."""
+class Context(ContextOps):
+    """A member of a context family: the root, an ``input()`` or a ``layer(i)`` context.
+
+    ``arange`` (the op without a tensor operand) comes from :class:`mlplug._opcalls.ContextOps`.
+    """
 
     __slots__ = ("_family", "_layer", "_role")
 
@@ -178,11 +182,6 @@ class Context:
         t = self._family.backend._create_buffer(self._family, self._role, self._layer, meta)
         self._family.backend._fill(t, flat.astype("<" + flat.dtype.str[1:]).tobytes())
         return t
-
-    def arange(self, start: float, stop: float, step: float, dtype: DType) -> Tensor:
-        """Record ``[start, stop)`` by ``step`` as F32 or I32 (a graph op)."""
-        params = {"start": start, "stop": stop, "step": step, "dtype": dtype}
-        return self._record("arange", (), params)
 
     # -- graph --------------------------------------------------------------------------------
 

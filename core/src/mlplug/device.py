@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import pluggy
 
 from mlplug.dtype import ANY, CACHE, CREATE, FLOAT, INT, WEIGHT, DType
-from mlplug.ops import OPS, Meta, OpDef, contiguous_strides, is_contiguous
+from mlplug.ops import OPS, Meta, OpDef, Param, category, contiguous_strides, is_contiguous
 from mlplug.params import BackendParams, CacheConfig
 
 if TYPE_CHECKING:
@@ -62,10 +62,12 @@ __all__ = [
     "Meta",
     "Node",
     "OpDef",
+    "Param",
     "SupportsCacheConfig",
     "SupportsDirectCopy",
     "SupportsWeightUpload",
     "TensorRef",
+    "category",
     "contiguous_strides",
     "hookimpl",
     "is_contiguous",

@@ -1,12 +1,16 @@
 """The ops table: every tensor op declared once (SEMANTICS §5).
 
-Each :class:`OpDef` names the op, its operand roles, its kind (``compute`` writes its own
-storage, ``view`` shares its source's storage and executes nothing, ``copy`` writes into its
-destination), a rule that validates operands and parameters and infers the result's layout, FLOP
-and byte counts (for the perf mode and benchmarks) and the conformance tolerance. The graph
-builder (:mod:`mlplug.tensor`), the scheduler, plugins' ``supports``, the conformance reference
-and its case generator are all keyed by this table, so an op added here shows up everywhere and a
-meta-test fails where it lacks an implementation.
+Each :class:`OpDef` names the op, its category, its operand roles, its parameter schema
+(:class:`Param`: name, type, default, constraints), its kind (``compute`` writes its own storage,
+``view`` shares its source's storage and executes nothing, ``copy`` writes into its destination),
+a rule that validates operands and infers the result's layout, FLOP and byte counts (for the
+perf mode and benchmarks), the conformance tolerance and the public method's docstring.
+
+Everything else is derived from this table: the ``Tensor``/``Context`` recording methods
+(generated into :mod:`mlplug._opcalls` by ``python -m mlplug._opgen``), the per-category rules
+(``unary`` and ``binary`` ops share one rule each), the conformance suite's public calls and its
+op lists, plugins' kernel tables by category, and the meta-tests that fail where an op lacks a
+kernel or a reference.
 
 Rules work on :class:`Meta` records (layout only), never on tensors, so they run at build time
 with no device and no numpy. Every failure names the op: ``"mulmat: a.ne0 (4) != b.ne0 (3)"``.
@@ -14,6 +18,7 @@ with no device and no numpy. Every failure names the op: ``"mulmat: a.ne0 (4) !=
 
 from __future__ import annotations
 
+import builtins
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
@@ -25,14 +30,19 @@ from mlplug.dtype import round_f32 as f32
 from mlplug.errors import DTypeError, ShapeError
 
 __all__ = [
+    "CATEGORIES",
     "OPS",
+    "REQUIRED",
     "Meta",
     "OpDef",
+    "Param",
     "Result",
     "Tolerance",
+    "category",
     "contiguous_strides",
     "is_contiguous",
     "n_elements",
+    "no_flops",
 ]
 
 Shape4 = tuple[int, int, int, int]
@@ -138,34 +148,229 @@ class Tolerance:
     abs_floor: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class OpDef:
-    """One op of the table.
+def no_flops(srcs: Sequence[Meta | None], out: Meta) -> int:
+    """Count no floating-point operation (movement ops)."""
+    return 0
+
+
+Rule = Callable[[Sequence[Meta | None], dict[str, Any]], Result]
+Flops = Callable[[Sequence[Meta | None], Meta], int]
+
+CATEGORIES = (
+    "unary",
+    "binary",
+    "product",
+    "normalize",
+    "reduce",
+    "movement",
+    "assemble",
+    "sort",
+    "conv",
+    "attention",
+    "create",
+    "fused",
+)
+"""Op categories, in SEMANTICS order: unary §5.3, binary §5.2, product §5.4, normalize and reduce
+§5.5, movement (views and copies) §5.6, assemble §5.7, sort §5.8, conv §5.9, attention §8.7,
+create §4.3, and fused (optional ops beyond the spec)."""
+
+
+class _Required:
+    """The ``default`` of a parameter that has none."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+"""Marks a :class:`Param` without a default."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Param:
+    """One parameter of an op: an argument of its public method, checked by ``OpDef.infer``.
+
+    ``OpDef.infer`` converts the value to ``type`` (an ``int`` must be an integer, not a bool; a
+    ``float`` any real number), narrows it to F32 when ``f32`` is set, then checks ``finite``,
+    ``minimum``, ``maximum`` and ``choices`` and raises ``error`` naming the op and the parameter.
+    Variadic parameters are recorded as a tuple and checked element-wise by the op's rule.
 
     Attributes:
-        name: Method name on ``Tensor`` (and the key everywhere else).
-        operands: Roles of the tensor operands, receiver first; a trailing ``"*"`` role is
-            variadic and a role ending in ``"?"`` may be ``None``.
-        kind: ``"compute"``, ``"view"`` or ``"copy"``.
-        rule: ``rule(srcs, params) -> Result``; validates and infers.
-        flops: ``flops(srcs, out) -> int``, floating-point operations of one execution.
-        dtypes: The receiver dtypes the op accepts (for case generation and support tables).
-        tolerance: Conformance tolerance.
-        doc: One-line meaning.
+        name: Argument name in the method and key in the node's parameters.
+        type: ``int``, ``float``, ``bool`` or ``DType``.
+        default: The value when the caller omits it; ``REQUIRED`` when it has none.
+        variadic: Taken as ``*name`` (a tuple of ``type``).
+        minimum: Smallest accepted value, or ``None``.
+        maximum: Largest accepted value, or ``None``.
+        choices: The accepted values (empty: any).
+        f32: Narrow a float to F32 before a kernel sees it (SEMANTICS §3.2).
+        finite: Reject NaN and infinities.
+        error: Exception class raised for a bad value.
+        from_backend: Not an argument: the recording method asks the backend for it through the
+            ``Context`` method of this name.
+        doc: Meaning, shown in the method's docstring and error messages.
     """
 
     name: str
-    operands: tuple[str, ...]
-    kind: str
-    rule: Callable[[Sequence[Meta | None], dict[str, Any]], Result]
-    flops: Callable[[Sequence[Meta | None], Meta], int]
-    dtypes: frozenset[DType]
-    tolerance: Tolerance = field(default_factory=Tolerance)
+    type: builtins.type
+    default: Any = REQUIRED
+    variadic: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] = ()
+    f32: bool = False
+    finite: bool = False
+    error: builtins.type[Exception] = ShapeError
+    from_backend: str = ""
     doc: str = ""
 
-    def infer(self, srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
+    def check(self, op: str, value: object) -> Any:
+        """Return ``value`` converted and validated (raises ``error`` naming ``op``)."""
+        if self.variadic:
+            if not isinstance(value, tuple | list):
+                raise self.error(f"{op}: {self.name} must be a sequence, got {value!r}")
+            return tuple(value)
+        v: Any
+        if self.type is int:
+            v = _index(op, self.name, value, self.error)
+        elif self.type is float:
+            v = _float(op, self.name, value)
+            v = f32(v) if self.f32 else v
+            if self.finite and not math.isfinite(v):
+                raise ValueError(f"{op}: {self.name} must be finite, got {v}")
+        elif self.type is bool:
+            v = bool(value)
+        else:
+            if not isinstance(value, self.type):
+                raise self.error(f"{op}: {self.name} must be a {self.type.__name__}, got {value!r}")
+            v = value
+        if self.minimum is not None and self.maximum is not None:
+            if not self.minimum <= v <= self.maximum:
+                raise self.error(
+                    f"{op}: {self.name} must be in {self.minimum}..{self.maximum}, got {v}"
+                )
+        elif self.minimum is not None and not v >= self.minimum:
+            raise self.error(f"{op}: {self.name} must be >= {self.minimum}, got {v}")
+        if self.choices and v not in self.choices:
+            allowed = " or ".join(getattr(c, "name", str(c)) for c in self.choices)
+            hint = f" ({self.doc})" if self.doc else ""
+            raise self.error(f"{op}: {self.name} must be {allowed}{hint}, got {value!r}")
+        return v
+
+
+def _role(role: str) -> str:
+    """Return a role's argument name: ``"w?"`` -> ``"w"``, ``"*others"`` -> ``"others"``."""
+    return role.strip("*?")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpDef:
+    """One op of the table: everything the graph builder, plugins and the conformance suite know.
+
+    Construct with keywords. Fields left empty are derived from the category where it fixes them:
+    ``unary`` ops take one ``FLOAT`` operand ``a`` and keep its layout, ``binary`` ops take ``a``
+    and ``b`` tiled over ``a`` (SEMANTICS §5.2-§5.3); both get their rule from the category.
+
+    Attributes:
+        name: Method name on ``Tensor`` (``Context`` when the op has no operand) and the key
+            everywhere else.
+        category: One of :data:`CATEGORIES`.
+        doc: The public method's docstring (first line: an imperative summary).
+        operands: Roles of the tensor operands, receiver first; a role starting with ``"*"`` is
+            variadic and one ending in ``"?"`` may be ``None``.
+        params: The parameter schema, in the order the method takes them.
+        call: Argument names of the public method after ``ctx`` (operand roles without their
+            marks, parameter names), when they are not the operands after the receiver followed
+            by the parameters.
+        kind: ``"compute"``, ``"view"`` (shares its receiver's storage, executes nothing) or
+            ``"copy"`` (writes into its destination).
+        rule: ``rule(srcs, params) -> Result``; validates operands and infers the result from
+            parameters already checked against ``params``.
+        flops: ``flops(srcs, out) -> int``, floating-point operations of one execution.
+        dtypes: The receiver dtypes the op accepts (for case generation and support tables).
+        tolerance: Conformance tolerance.
+        optional: A fused op beyond SEMANTICS §5 (a backend may lack it; every first-party
+            plugin implements it).
+    """
+
+    name: str
+    category: str
+    doc: str
+    operands: tuple[str, ...] = ()
+    params: tuple[Param, ...] = ()
+    call: tuple[str, ...] = ()
+    kind: str = "compute"
+    rule: Rule | None = None
+    flops: Flops = no_flops
+    dtypes: frozenset[DType] = frozenset()
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        if self.category not in CATEGORIES:
+            raise ValueError(f"[ops] {self.name}: unknown category {self.category!r}")
+        derived = _CATEGORY_DEFAULTS.get(self.category)
+        if derived is not None:
+            operands, dtypes, make_rule = derived
+            if not self.operands:
+                object.__setattr__(self, "operands", operands)
+            if not self.dtypes:
+                object.__setattr__(self, "dtypes", dtypes)
+            if self.rule is None:
+                object.__setattr__(self, "rule", make_rule(self.name))
+        if self.rule is None or not self.dtypes or not self.doc:
+            raise ValueError(f"[ops] {self.name}: needs a rule, dtypes and a doc")
+        if self.kind not in ("compute", "view", "copy"):
+            raise ValueError(f"[ops] {self.name}: unknown kind {self.kind!r}")
+        expected = [_role(r) for r in self.operands[1:]]
+        expected += [p.name for p in self.params if not p.from_backend]
+        if sorted(self.arguments) != sorted(expected):
+            raise ValueError(f"[ops] {self.name}: call {self.call} must name every argument")
+
+    @property
+    def receiver_is_context(self) -> bool:
+        """Whether the op is recorded by a ``Context`` method (it has no tensor operand)."""
+        return not self.operands
+
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        """Return the public method's argument names after ``ctx``, in order."""
+        if self.call:
+            return self.call
+        return (
+            *(_role(r) for r in self.operands[1:]),
+            *(p.name for p in self.params if not p.from_backend),
+        )
+
+    def param(self, name: str) -> Param:
+        """Return the schema entry of parameter ``name``."""
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(f"{self.name}: no parameter {name!r}")
+
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Return ``params`` with defaults filled, converted and checked against the schema."""
+        names = {p.name for p in self.params}
+        unexpected = sorted(set(params) - names)
+        if unexpected:
+            raise ValueError(f"{self.name}: unexpected parameters {unexpected}")
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.name in params:
+                out[p.name] = p.check(self.name, params[p.name])
+            elif p.default is REQUIRED:
+                raise TypeError(f"{self.name}: missing parameter {p.name!r}")
+            else:
+                out[p.name] = p.default
+        return out
+
+    def infer(self, srcs: Sequence[Meta | None], params: Mapping[str, Any]) -> Result:
         """Validate operands and parameters; return the result layout (raises on bad input)."""
-        return self.rule(srcs, params)
+        assert self.rule is not None  # __post_init__ guarantees it
+        return self.rule(srcs, self.check_params(params))
 
     def bytes_moved(self, srcs: Sequence[Meta | None], out: Meta) -> int:
         """Return the fewest bytes one execution reads and writes (each operand once)."""
@@ -219,16 +424,6 @@ def _fresh(dtype: DType, ne: Sequence[int]) -> Meta:
     return Meta.fresh(dtype, ne)
 
 
-def _no_params(op: str, params: dict[str, Any]) -> None:
-    if params:
-        raise ValueError(f"{op}: unexpected parameters {sorted(params)}")
-
-
-def _need(op: str, srcs: Sequence[Meta | None], count: int) -> None:
-    if len(srcs) != count:
-        raise ShapeError(f"{op}: expected {count} operands, got {len(srcs)}")
-
-
 def _a(srcs: Sequence[Meta | None]) -> Meta:
     a = srcs[0]
     if a is None:
@@ -240,23 +435,20 @@ def _a(srcs: Sequence[Meta | None]) -> Meta:
 # Rules
 
 
-def _unary(op: str) -> Callable[[Sequence[Meta | None], dict[str, Any]], Result]:
+def _unary(op: str) -> Rule:
+    """Return the rule of every ``unary`` op: a float receiver, its layout, the checked params."""
+
     def rule(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
         a = _a(srcs)
         _need_dtype(op, "receiver", a.dtype, FLOAT)
-        if op == "scale":
-            return Result(_fresh(a.dtype, a.ne), {"s": f32(_float(op, "s", params["s"]))})
-        if op == "clamp":
-            lo = f32(_float(op, "lo", params["lo"]))
-            hi = f32(_float(op, "hi", params["hi"]))
-            return Result(_fresh(a.dtype, a.ne), {"lo": lo, "hi": hi})
-        _no_params(op, params)
-        return Result(_fresh(a.dtype, a.ne), {})
+        return Result(_fresh(a.dtype, a.ne), params)
 
     return rule
 
 
-def _binary(op: str) -> Callable[[Sequence[Meta | None], dict[str, Any]], Result]:
+def _binary(op: str) -> Rule:
+    """Return the rule of every ``binary`` op: float operands, ``b`` tiling ``a`` (§5.2)."""
+
     def rule(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
         a, b = srcs
         if a is None or b is None:
@@ -264,12 +456,12 @@ def _binary(op: str) -> Callable[[Sequence[Meta | None], dict[str, Any]], Result
         _need_dtype(op, "receiver", a.dtype, FLOAT)
         _need_dtype(op, "b", b.dtype, FLOAT)
         _tiles(op, a, b)
-        return Result(_fresh(a.dtype, a.ne), {})
+        return Result(_fresh(a.dtype, a.ne), params)
 
     return rule
 
 
-def _mulmat(op: str) -> Callable[[Sequence[Meta | None], dict[str, Any]], Result]:
+def _mulmat(op: str) -> Rule:
     def rule(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
         a, b = srcs
         assert a is not None and b is not None
@@ -313,19 +505,11 @@ def _row_op(op: str, out_dtype: DType | None, per_row: bool) -> Callable[..., Re
     def rule(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
         a = _a(srcs)
         _need_dtype(op, "receiver", a.dtype, FLOAT)
-        _no_params(op, params)
         dtype = out_dtype or a.dtype
         ne = (1, a.ne[1], a.ne[2], a.ne[3]) if per_row else a.ne
         return Result(_fresh(dtype, ne), {})
 
     return rule
-
-
-def _eps(op: str, params: dict[str, Any]) -> float:
-    eps = _float(op, "eps", params["eps"])
-    if not eps >= 0.0 or math.isinf(eps):
-        raise ValueError(f"{op}: eps must be a finite float >= 0, got {eps}")
-    return eps
 
 
 def _norm(op: str) -> Callable[..., Result]:
@@ -336,7 +520,7 @@ def _norm(op: str) -> Callable[..., Result]:
             if m is not None:
                 _need_dtype(op, role, m.dtype, FLOAT)
                 _tiles(op, a, m, role)
-        return Result(_fresh(a.dtype, a.ne), {"eps": _eps(op, params)})
+        return Result(_fresh(a.dtype, a.ne), {"eps": params["eps"]})
 
     return rule
 
@@ -373,7 +557,7 @@ def _view(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     if len(args) not in (1, 3, 5, 7):
         raise ShapeError(f"{op}: takes 1, 3, 5 or 7 arguments after the offset, got {len(args)}")
     size = a.dtype.type_size
-    offset = _index(op, "offset", params["offset"])
+    offset = params["offset"]
     values = [_index(op, f"argument {i}", v) for i, v in enumerate(args)]
     ne = [values[0], *values[2::2]]
     given = values[1::2]
@@ -468,7 +652,7 @@ def _set(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
         raise ShapeError(f"{op}: takes at most one stride, got {len(strides)}")
     out = _fresh(a.dtype, a.ne)
     size = a.dtype.type_size
-    offset = _index(op, "offset", params["offset"])
+    offset = params["offset"]
     s1 = _index(op, "stride", strides[0]) if strides else out.nb[1]
     for name, v in (("offset", offset), ("stride", s1)):
         if v < 0 or v % size:
@@ -497,13 +681,6 @@ def _pad(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     return Result(_fresh(a.dtype, [a.ne[i] + p[i] for i in range(4)]), {"pads": p})
 
 
-def _dim(op: str, value: object) -> int:
-    dim = _index(op, "dim", value)
-    if not 0 <= dim < 4:
-        raise ShapeError(f"{op}: dim must be in 0..3, got {dim}")
-    return dim
-
-
 def _concat_all(op: str, metas: Sequence[Meta], dim: int) -> Result:
     # Shape rules apply literally to the stored extents (a zero-element operand is [0,1,1,1]).
     a = metas[0]
@@ -523,22 +700,19 @@ def _concat_all(op: str, metas: Sequence[Meta], dim: int) -> Result:
 
 def _concat(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     metas = [m for m in srcs if m is not None]
-    return _concat_all("concat", metas, _dim("concat", params["dim"]))
+    return _concat_all("concat", metas, params["dim"])
 
 
 def _stack(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     metas = [m for m in srcs if m is not None]
-    return _concat_all("stack", metas, _dim("stack", params["dim"]))
+    return _concat_all("stack", metas, params["dim"])
 
 
 def _repeat(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "repeat"
     a = _a(srcs)
     _need_dtype(op, "receiver", a.dtype, _ASSEMBLE)
-    dim = _dim(op, params["dim"])
-    n = _index(op, "n", params["n"])
-    if n < 0:
-        raise ShapeError(f"{op}: n must be >= 0, got {n}")
+    dim, n = params["dim"], params["n"]
     ne = list(a.ne)
     ne[dim] *= n
     return Result(_fresh(a.dtype, ne), {"dim": dim, "n": n})
@@ -569,7 +743,7 @@ def _topk(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "topk"
     a = _a(srcs)
     _need_dtype(op, "receiver", a.dtype, FLOAT)
-    k = _index(op, "k", params["k"])
+    k = params["k"]
     if not 1 <= k <= a.ne[0]:
         raise ShapeError(f"{op}: k must be in 1..ne0 ({a.ne[0]}), got {k}")
     # The result is the first k columns of a full I32 argsort: a non-contiguous view whose
@@ -577,17 +751,6 @@ def _topk(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     full = _fresh(DType.I32, a.ne)
     meta = Meta((k, a.ne[1], a.ne[2], a.ne[3]), full.nb, DType.I32, 0, full.storage)
     return Result(meta, {"k": k})
-
-
-def _conv_params(op: str, params: dict[str, Any]) -> dict[str, int]:
-    out = {k: _index(op, k, params[k]) for k in ("s0", "s1", "p0", "p1", "d0", "d1")}
-    for k in ("s0", "s1", "d0", "d1"):
-        if out[k] < 1:
-            raise ShapeError(f"{op}: {k} must be >= 1, got {out[k]}")
-    for k in ("p0", "p1"):
-        if out[k] < 0:
-            raise ShapeError(f"{op}: {k} must be >= 0, got {out[k]}")
-    return out
 
 
 def _conv_out(op: str, kernel: Meta, inp: Meta, p: dict[str, int]) -> tuple[int, int]:
@@ -606,9 +769,8 @@ def _conv_2d(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     assert kernel is not None and inp is not None
     _need_dtype(op, "kernel", kernel.dtype, frozenset({DType.F32, DType.F16}))
     _need_dtype(op, "input", inp.dtype, frozenset({DType.F32}))
-    p = _conv_params(op, params)
-    ow, oh = _conv_out(op, kernel, inp, p)
-    return Result(_fresh(DType.F32, (ow, oh, kernel.ne[3], inp.ne[3])), p)
+    ow, oh = _conv_out(op, kernel, inp, params)
+    return Result(_fresh(DType.F32, (ow, oh, kernel.ne[3], inp.ne[3])), params)
 
 
 def _im2col(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
@@ -617,11 +779,11 @@ def _im2col(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     assert kernel is not None and inp is not None
     _need_dtype(op, "kernel", kernel.dtype, ANY)
     _need_dtype(op, "input", inp.dtype, frozenset({DType.F32}))
-    p = _conv_params(op, params)
-    ow, oh = _conv_out(op, kernel, inp, p)
+    ow, oh = _conv_out(op, kernel, inp, params)
     rows = inp.ne[2] * kernel.ne[1] * kernel.ne[0]
     return Result(
-        _fresh(DType.F32, (rows, ow, oh, inp.ne[3])), {**p, "kw": kernel.ne[0], "kh": kernel.ne[1]}
+        _fresh(DType.F32, (rows, ow, oh, inp.ne[3])),
+        {**params, "kw": kernel.ne[0], "kh": kernel.ne[1]},
     )
 
 
@@ -629,9 +791,7 @@ def _avg_pool_2d(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "avg_pool_2d"
     a = _a(srcs)
     _need_dtype(op, "receiver", a.dtype, FLOAT)
-    k, s, p = (_index(op, n, params[n]) for n in ("k", "s", "p"))
-    if k < 1 or s < 1 or p < 0:
-        raise ShapeError(f"{op}: need k >= 1, s >= 1, p >= 0, got k={k} s={s} p={p}")
+    k, s, p = params["k"], params["s"], params["p"]
     ow = (a.ne[0] + 2 * p - k) // s + 1
     oh = (a.ne[1] + 2 * p - k) // s + 1
     if ow < 1 or oh < 1:
@@ -646,7 +806,7 @@ def _attention(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     _need_dtype(op, "query", q.dtype, frozenset({DType.F32}))
     _need_dtype(op, "key", k.dtype, CACHE)
     _need_dtype(op, "value", v.dtype, CACHE)
-    permuted = bool(params["permuted_v"])
+    permuted = params["permuted_v"]
     dk, heads, tokens = q.ne[0], q.ne[1], q.ne[2]
     hkv, length = k.ne[1], k.ne[2]
     if q.ne[3] != 1 or k.ne[3] != 1 or v.ne[3] != 1:
@@ -667,8 +827,7 @@ def _attention(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
         _need_dtype(op, "mask", mask.dtype, frozenset({DType.F32, DType.F16}))
         if mask.ne[0] != length or mask.ne[1] < tokens or mask.ne[2] != 1 or mask.ne[3] != 1:
             raise ShapeError(f"{op}: mask {list(mask.ne)} must be [L={length}, Tm >= {tokens}]")
-    scale = _float(op, "scale", params["scale"])
-    return Result(_fresh(DType.F32, (dv, heads, tokens)), {"scale": scale, "permuted_v": permuted})
+    return Result(_fresh(DType.F32, (dv, heads, tokens)), params)
 
 
 def _rope(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
@@ -679,9 +838,7 @@ def _rope(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     _need_dtype(op, "receiver", a.dtype, frozenset({DType.F32}))
     _need_dtype(op, "cos", cos.dtype, frozenset({DType.F32}))
     _need_dtype(op, "sin", sin.dtype, frozenset({DType.F32}))
-    mode = _index(op, "mode", params["mode"], ValueError)
-    if mode not in (0, 2):
-        raise ValueError(f"{op}: mode must be 0 (normal) or 2 (neox), got {mode}")
+    mode = params["mode"]
     d, tokens = a.ne[0], a.ne[2]
     if a.ne[3] != 1:
         raise ShapeError(f"{op}: receiver {list(a.ne)} must be 3-D [D, H, T] (ne3 == 1)")
@@ -698,11 +855,7 @@ def _rope(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
 def _arange(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "arange"
     dtype = params["dtype"]
-    if not isinstance(dtype, DType) or dtype not in (DType.F32, DType.I32):
-        raise DTypeError(f"{op}: dtype must be F32 or I32, got {dtype!r}")
-    start, stop, step = (_float(op, n, params[n]) for n in ("start", "stop", "step"))
-    if not all(math.isfinite(x) for x in (start, stop, step)):
-        raise ValueError(f"{op}: start, stop and step must be finite")
+    start, stop, step = params["start"], params["stop"], params["step"]
     if step == 0:
         raise ValueError(f"{op}: step must not be 0")
     n = max(0, math.ceil((stop - start) / step))
@@ -725,10 +878,6 @@ def _flops_per_out(k: int) -> Callable[[Sequence[Meta | None], Meta], int]:
 
 def _flops_per_in(k: int) -> Callable[[Sequence[Meta | None], Meta], int]:
     return lambda srcs, out: k * (srcs[0].n if srcs[0] is not None else 0)
-
-
-def _flops_none(srcs: Sequence[Meta | None], out: Meta) -> int:
-    return 0
 
 
 def _flops_mulmat(srcs: Sequence[Meta | None], out: Meta) -> int:
@@ -759,359 +908,427 @@ _REDUCE = Tolerance(eps_mult=4.0, abs_eps=4.0, reduction=True, nmse=1e-5)
 _PRODUCT = Tolerance(eps_mult=4.0, abs_eps=4.0, reduction=True, nmse=1e-4)
 
 
-def _def(
-    name: str,
-    operands: tuple[str, ...],
-    kind: str,
-    rule: Callable[..., Result],
-    flops: Callable[..., int],
-    dtypes: frozenset[DType],
-    tol: Tolerance,
-    doc: str,
+_CATEGORY_DEFAULTS: dict[str, tuple[tuple[str, ...], frozenset[DType], Callable[[str], Rule]]] = {
+    "unary": (("a",), FLOAT, _unary),
+    "binary": (("a", "b"), FLOAT, _binary),
+}
+"""Per category: the operands, receiver dtypes and rule factory every op of it shares."""
+
+
+def _int(name: str, doc: str = "", **constraints: Any) -> Param:
+    return Param(name=name, type=int, doc=doc, **constraints)
+
+
+def _ints(name: str, doc: str = "") -> Param:
+    return Param(name=name, type=int, variadic=True, doc=doc)
+
+
+def _f32(name: str, doc: str = "") -> Param:
+    return Param(name=name, type=float, f32=True, error=ValueError, doc=doc)
+
+
+_EPS = Param(name="eps", type=float, minimum=0.0, finite=True, error=ValueError)
+_DIM = _int("dim", minimum=0, maximum=3)
+_CONV = tuple(
+    _int(n, minimum=0 if n[0] == "p" else 1) for n in ("s0", "s1", "p0", "p1", "d0", "d1")
+)
+
+
+def _unary_op(
+    name: str, doc: str, flops: int, tol: Tolerance = _TRANSCENDENTAL, *params: Param
 ) -> OpDef:
-    return OpDef(name, operands, kind, rule, flops, dtypes, tol, doc)
+    return OpDef(
+        name=name,
+        category="unary",
+        doc=doc,
+        params=params,
+        flops=_flops_per_out(flops),
+        tolerance=tol,
+    )
 
 
-_UNARY_DOCS = {
-    "neg": "-x",
-    "sin": "sin(x)",
-    "cos": "cos(x)",
-    "tanh": "tanh(x)",
-    "gelu": "tanh-approximated GELU",
-    "silu": "x / (1 + exp(-x))",
-    "relu": "max(x, 0)",
-    "sigmoid": "1 / (1 + exp(-x))",
-    "sqr": "x * x",
-    "sqrt": "sqrt(x) (NaN below 0)",
-    "scale": "x * f32(s)",
-    "clamp": "max(min(x, hi), lo)",
-}
-_UNARY_TOL = {
-    "neg": _EXACT,
-    "relu": _EXACT,
-    "sqr": _ELEM,
-    "sqrt": _ELEM,
-    "scale": _ELEM,
-    "clamp": _EXACT,
-    # §5.3: implementations may approximate (e.g. an fp16 lookup table) within this.
-    "gelu": Tolerance(eps_mult=4.0, abs_eps=4.0, rel_floor=1e-3, abs_floor=1e-4),
-}
+def _binary_op(name: str, symbol: str) -> OpDef:
+    return OpDef(
+        name=name,
+        category="binary",
+        doc=f"Return ``a {symbol} b`` with ``b`` tiled over ``a``.",
+        flops=_flops_per_out(1),
+        tolerance=_ELEM,
+    )
+
 
 _TABLE: list[OpDef] = [
-    *(
-        _def(
-            name,
-            ("a",),
-            "compute",
-            _unary(name),
-            _flops_per_out(1 if name in ("neg", "relu", "sqr", "scale", "clamp") else 8),
-            FLOAT,
-            _UNARY_TOL.get(name, _TRANSCENDENTAL),
-            doc,
-        )
-        for name, doc in _UNARY_DOCS.items()
+    # unary (§5.3)
+    _unary_op("neg", "Return ``-x`` element-wise.", 1, _EXACT),
+    _unary_op("sin", "Return ``sin(x)`` element-wise.", 8),
+    _unary_op("cos", "Return ``cos(x)`` element-wise.", 8),
+    _unary_op("tanh", "Return ``tanh(x)`` element-wise.", 8),
+    # §5.3: implementations may approximate gelu (e.g. an fp16 lookup table) within this.
+    _unary_op(
+        "gelu",
+        "Return the tanh-approximated GELU element-wise.",
+        8,
+        Tolerance(eps_mult=4.0, abs_eps=4.0, rel_floor=1e-3, abs_floor=1e-4),
     ),
-    *(
-        _def(
-            name,
-            ("a", "b"),
-            "compute",
-            _binary(name),
-            _flops_per_out(1),
-            FLOAT,
-            _ELEM if name != "div" else Tolerance(eps_mult=4.0, abs_eps=4.0),
-            f"a {sym} tile(b)",
-        )
-        for name, sym in (("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/"))
+    _unary_op("silu", "Return ``x / (1 + exp(-x))`` element-wise.", 8),
+    _unary_op("relu", "Return ``max(x, 0)`` element-wise.", 1, _EXACT),
+    _unary_op("sigmoid", "Return ``1 / (1 + exp(-x))`` element-wise.", 8),
+    _unary_op("sqr", "Return ``x * x`` element-wise.", 1, _ELEM),
+    _unary_op("sqrt", "Return ``sqrt(x)`` element-wise (NaN below 0).", 8, _ELEM),
+    _unary_op("scale", "Return ``x * f32(s)``.", 1, _ELEM, _f32("s")),
+    _unary_op("clamp", "Return ``max(min(x, hi), lo)``.", 1, _EXACT, _f32("lo"), _f32("hi")),
+    # binary (§5.2)
+    _binary_op("add", "+"),
+    _binary_op("sub", "-"),
+    _binary_op("mul", "*"),
+    _binary_op("div", "/"),
+    # products (§5.4)
+    OpDef(
+        name="mulmat",
+        category="product",
+        doc="Return ``b · aᵀ`` per batch, ``a`` block-repeated over b's dims 2 and 3.",
+        operands=("a", "b"),
+        rule=_mulmat("mulmat"),
+        flops=_flops_mulmat,
+        dtypes=WEIGHT,
+        tolerance=_PRODUCT,
     ),
-    _def(
-        "mulmat",
-        ("a", "b"),
-        "compute",
-        _mulmat("mulmat"),
-        _flops_mulmat,
-        WEIGHT,
-        _PRODUCT,
-        "b @ rep(a)^T, a block-repeated in dims 2 and 3",
+    OpDef(
+        name="mulmat_full_prec",
+        category="product",
+        doc="Return ``mulmat`` with F32 accumulation on every device.",
+        operands=("a", "b"),
+        rule=_mulmat("mulmat_full_prec"),
+        flops=_flops_mulmat,
+        dtypes=WEIGHT,
+        tolerance=_PRODUCT,
     ),
-    _def(
-        "mulmat_full_prec",
-        ("a", "b"),
-        "compute",
-        _mulmat("mulmat_full_prec"),
-        _flops_mulmat,
-        WEIGHT,
-        _PRODUCT,
-        "mulmat with F32 accumulation on every device",
+    OpDef(
+        name="mulmat_id",
+        category="product",
+        doc="Return the mixture-of-experts product: expert ``ids[e, t]`` applied to token ``t``.",
+        operands=("as_", "b", "ids"),
+        rule=_mulmat_id,
+        flops=_flops_mulmat,
+        dtypes=WEIGHT,
+        tolerance=_PRODUCT,
     ),
-    _def(
-        "mulmat_id",
-        ("as_", "b", "ids"),
-        "compute",
-        _mulmat_id,
-        _flops_mulmat,
-        WEIGHT,
-        _PRODUCT,
-        "mixture-of-experts product selected by ids",
+    # normalisation and softmax along dim 0 (§5.5)
+    OpDef(
+        name="softmax",
+        category="normalize",
+        doc="Return the softmax of each row (dim 0).",
+        operands=("a",),
+        rule=_row_op("softmax", None, False),
+        flops=_flops_per_in(5),
+        dtypes=FLOAT,
+        tolerance=_REDUCE,
     ),
-    _def(
-        "softmax",
-        ("a",),
-        "compute",
-        _row_op("softmax", None, False),
-        _flops_per_in(5),
-        FLOAT,
-        _REDUCE,
-        "exp(x - max) / sum along dim 0",
+    OpDef(
+        name="layer_norm",
+        category="normalize",
+        doc="Return ``(x − mean) / sqrt(var + eps)`` per row, then ``· w`` and ``+ b`` if given.",
+        operands=("a", "w?", "b?"),
+        params=(_EPS,),
+        rule=_norm("layer_norm"),
+        flops=_flops_per_in(8),
+        dtypes=FLOAT,
+        tolerance=_REDUCE,
     ),
-    _def(
-        "layer_norm",
-        ("a", "w?", "b?"),
-        "compute",
-        _norm("layer_norm"),
-        _flops_per_in(8),
-        FLOAT,
-        _REDUCE,
-        "(x - mean) / sqrt(var + eps) * w + b along dim 0",
+    OpDef(
+        name="rms_norm",
+        category="normalize",
+        doc="Return ``x / sqrt(mean(x²) + eps)`` per row, then ``· w`` if given.",
+        operands=("a", "w?"),
+        params=(_EPS,),
+        rule=_norm("rms_norm"),
+        flops=_flops_per_in(4),
+        dtypes=FLOAT,
+        tolerance=_REDUCE,
     ),
-    _def(
-        "rms_norm",
-        ("a", "w?"),
-        "compute",
-        _norm("rms_norm"),
-        _flops_per_in(4),
-        FLOAT,
-        _REDUCE,
-        "x / sqrt(mean(x^2) + eps) * w along dim 0",
+    # reductions along dim 0 (§5.5)
+    OpDef(
+        name="sum_rows",
+        category="reduce",
+        doc="Return the sum of each row, ``[1, ne1, ne2, ne3]``.",
+        operands=("a",),
+        rule=_row_op("sum_rows", None, True),
+        flops=_flops_per_in(1),
+        dtypes=FLOAT,
+        tolerance=_REDUCE,
     ),
-    _def(
-        "sum_rows",
-        ("a",),
-        "compute",
-        _row_op("sum_rows", None, True),
-        _flops_per_in(1),
-        FLOAT,
-        _REDUCE,
-        "sum along dim 0",
+    OpDef(
+        name="mean",
+        category="reduce",
+        doc="Return the mean of each row (F32).",
+        operands=("a",),
+        rule=_row_op("mean", DType.F32, True),
+        flops=_flops_per_in(1),
+        dtypes=FLOAT,
+        tolerance=_REDUCE,
     ),
-    _def(
-        "mean",
-        ("a",),
-        "compute",
-        _row_op("mean", DType.F32, True),
-        _flops_per_in(1),
-        FLOAT,
-        _REDUCE,
-        "mean along dim 0 (F32)",
+    OpDef(
+        name="variance",
+        category="reduce",
+        doc="Return the population variance of each row.",
+        operands=("a",),
+        rule=_row_op("variance", None, True),
+        flops=_flops_per_in(3),
+        dtypes=FLOAT,
+        tolerance=_REDUCE,
     ),
-    _def(
-        "variance",
-        ("a",),
-        "compute",
-        _row_op("variance", None, True),
-        _flops_per_in(3),
-        FLOAT,
-        _REDUCE,
-        "population variance along dim 0",
+    OpDef(
+        name="stddev",
+        category="reduce",
+        doc="Return the population standard deviation of each row.",
+        operands=("a",),
+        rule=_row_op("stddev", None, True),
+        flops=_flops_per_in(3),
+        dtypes=FLOAT,
+        tolerance=_REDUCE,
     ),
-    _def(
-        "stddev",
-        ("a",),
-        "compute",
-        _row_op("stddev", None, True),
-        _flops_per_in(3),
-        FLOAT,
-        _REDUCE,
-        "sqrt(variance) along dim 0",
+    # views and copies (§5.6)
+    OpDef(
+        name="reshape",
+        category="movement",
+        doc="Return a view with new extents (the receiver must be contiguous).",
+        operands=("a",),
+        params=(_ints("shape"),),
+        kind="view",
+        rule=_reshape,
+        dtypes=ANY,
+        tolerance=_EXACT,
     ),
-    _def(
-        "reshape",
-        ("a",),
-        "view",
-        _reshape,
-        _flops_none,
-        ANY,
-        _EXACT,
-        "view with new extents (receiver contiguous)",
+    OpDef(
+        name="view",
+        category="movement",
+        doc="Return a view at byte ``offset`` with extents and byte strides alternating.",
+        operands=("a",),
+        params=(_int("offset"), _ints("args")),
+        kind="view",
+        rule=_view,
+        dtypes=ANY,
+        tolerance=_EXACT,
     ),
-    _def(
-        "view", ("a",), "view", _view, _flops_none, ANY, _EXACT, "view with byte offset and strides"
+    OpDef(
+        name="permute",
+        category="movement",
+        doc="Return a view where source axis ``i`` moves to position ``axes[i]``.",
+        operands=("a",),
+        params=(_ints("axes"),),
+        kind="view",
+        rule=_permute,
+        dtypes=ANY,
+        tolerance=_EXACT,
     ),
-    _def(
-        "permute",
-        ("a",),
-        "view",
-        _permute,
-        _flops_none,
-        ANY,
-        _EXACT,
-        "view with source axis i moved to position p_i",
+    OpDef(
+        name="contiguous",
+        category="movement",
+        doc="Return a packed copy.",
+        operands=("a",),
+        rule=_contiguous("contiguous"),
+        dtypes=ANY,
+        tolerance=_EXACT,
     ),
-    _def(
-        "contiguous",
-        ("a",),
-        "compute",
-        _contiguous("contiguous"),
-        _flops_none,
-        ANY,
-        _EXACT,
-        "packed copy",
+    OpDef(
+        name="duplicate",
+        category="movement",
+        doc="Return a packed copy.",
+        operands=("a",),
+        rule=_contiguous("duplicate"),
+        dtypes=ANY,
+        tolerance=_EXACT,
     ),
-    _def(
-        "duplicate",
-        ("a",),
-        "compute",
-        _contiguous("duplicate"),
-        _flops_none,
-        ANY,
-        _EXACT,
-        "packed copy",
+    OpDef(
+        name="copy",
+        category="movement",
+        doc="Write this tensor's values into ``dst`` (converting dtype); return a view of ``dst``.",
+        operands=("a", "dst"),
+        kind="copy",
+        rule=_copy,
+        flops=_flops_per_in(1),
+        dtypes=ANY,
+        tolerance=_EXACT,
     ),
-    _def(
-        "copy",
-        ("a", "dst"),
-        "copy",
-        _copy,
-        _flops_per_in(1),
-        ANY,
-        _EXACT,
-        "write a's values into dst, converting dtype; returns a view of dst",
+    # assembling (§5.7)
+    OpDef(
+        name="set",
+        category="assemble",
+        doc="Return a packed copy with ``b`` written at byte ``offset`` (optional row stride).",
+        operands=("a", "b"),
+        params=(_int("offset"), _ints("strides")),
+        rule=_set,
+        dtypes=_ASSEMBLE,
+        tolerance=_EXACT,
     ),
-    _def(
-        "set",
-        ("a", "b"),
-        "compute",
-        _set,
-        _flops_none,
-        _ASSEMBLE,
-        _EXACT,
-        "packed copy of a with b written at a byte offset",
+    OpDef(
+        name="pad",
+        category="assemble",
+        doc="Return the tensor with ``p_i`` zeros appended at the end of each dim ``i``.",
+        operands=("a",),
+        params=(_ints("pads"),),
+        rule=_pad,
+        dtypes=_ASSEMBLE,
+        tolerance=_EXACT,
     ),
-    _def(
-        "pad",
-        ("a",),
-        "compute",
-        _pad,
-        _flops_none,
-        _ASSEMBLE,
-        _EXACT,
-        "append zeros at the end of each dim",
+    OpDef(
+        name="concat",
+        category="assemble",
+        doc="Return this tensor then ``b`` along ``dim``.",
+        operands=("a", "b"),
+        params=(_DIM,),
+        rule=_concat,
+        dtypes=_ASSEMBLE,
+        tolerance=_EXACT,
     ),
-    _def(
-        "concat",
-        ("a", "b"),
-        "compute",
-        _concat,
-        _flops_none,
-        _ASSEMBLE,
-        _EXACT,
-        "a then b along dim",
+    OpDef(
+        name="stack",
+        category="assemble",
+        doc="Return the concatenation of this tensor and ``others`` along existing ``dim``.",
+        operands=("a", "*others"),
+        params=(_DIM,),
+        call=("dim", "others"),
+        rule=_stack,
+        dtypes=_ASSEMBLE,
+        tolerance=_EXACT,
     ),
-    _def(
-        "stack",
-        ("a", "*"),
-        "compute",
-        _stack,
-        _flops_none,
-        _ASSEMBLE,
-        _EXACT,
-        "concatenation of a and others along an existing dim",
+    OpDef(
+        name="repeat",
+        category="assemble",
+        doc="Return the whole tensor tiled ``n`` times along ``dim``.",
+        operands=("a",),
+        params=(_DIM, _int("n", minimum=0)),
+        rule=_repeat,
+        dtypes=_ASSEMBLE,
+        tolerance=_EXACT,
     ),
-    _def(
-        "repeat",
-        ("a",),
-        "compute",
-        _repeat,
-        _flops_none,
-        _ASSEMBLE,
-        _EXACT,
-        "tile the whole tensor n times along dim",
+    OpDef(
+        name="rows",
+        category="assemble",
+        doc="Return the rows selected by I32 ``ids`` (a gather).",
+        operands=("a", "ids"),
+        rule=_rows,
+        dtypes=ANY,
+        tolerance=_EXACT,
     ),
-    _def(
-        "rows", ("a", "ids"), "compute", _rows, _flops_none, ANY, _EXACT, "gather rows by I32 ids"
+    # sorting (§5.8)
+    OpDef(
+        name="argsort",
+        category="sort",
+        doc="Return the indices sorting each row ascending (I32).",
+        operands=("a",),
+        rule=_argsort,
+        flops=_flops_per_in(8),
+        dtypes=FLOAT,
+        tolerance=_EXACT,
     ),
-    _def(
-        "argsort",
-        ("a",),
-        "compute",
-        _argsort,
-        _flops_per_in(8),
-        FLOAT,
-        _EXACT,
-        "indices sorting each row ascending",
+    OpDef(
+        name="topk",
+        category="sort",
+        doc="Return the indices of the ``k`` largest values of each row, descending (I32).",
+        operands=("a",),
+        params=(_int("k"),),
+        rule=_topk,
+        flops=_flops_per_in(8),
+        dtypes=FLOAT,
+        tolerance=_EXACT,
     ),
-    _def(
-        "topk",
-        ("a",),
-        "compute",
-        _topk,
-        _flops_per_in(8),
-        FLOAT,
-        _EXACT,
-        "indices of the k largest of each row, descending",
+    # convolution and pooling (§5.9)
+    OpDef(
+        name="conv_2d",
+        category="conv",
+        doc="Return the 2-D cross-correlation of ``input`` with this kernel.",
+        operands=("kernel", "input"),
+        params=_CONV,
+        rule=_conv_2d,
+        flops=_flops_conv,
+        dtypes=frozenset({DType.F32, DType.F16}),
+        tolerance=_PRODUCT,
     ),
-    _def(
-        "conv_2d",
-        ("kernel", "input"),
-        "compute",
-        _conv_2d,
-        _flops_conv,
-        frozenset({DType.F32, DType.F16}),
-        _PRODUCT,
-        "2-D cross-correlation",
+    OpDef(
+        name="im2col",
+        category="conv",
+        doc="Return ``input``'s patches as columns, for this kernel's shape.",
+        operands=("kernel", "input"),
+        params=_CONV,
+        rule=_im2col,
+        dtypes=ANY,
+        tolerance=_EXACT,
     ),
-    _def(
-        "im2col",
-        ("kernel", "input"),
-        "compute",
-        _im2col,
-        _flops_none,
-        ANY,
-        _EXACT,
-        "unfold input patches into columns",
+    OpDef(
+        name="avg_pool_2d",
+        category="conv",
+        doc="Return square average pooling (padding counts in the divisor).",
+        operands=("a",),
+        params=(_int("k", minimum=1), _int("s", minimum=1), _int("p", minimum=0)),
+        rule=_avg_pool_2d,
+        flops=_flops_per_out(1),
+        dtypes=FLOAT,
+        tolerance=_REDUCE,
     ),
-    _def(
-        "avg_pool_2d",
-        ("a",),
-        "compute",
-        _avg_pool_2d,
-        _flops_per_out(1),
-        FLOAT,
-        _REDUCE,
-        "average pooling, padding counted",
+    # attention (§8.7)
+    OpDef(
+        name="scaled_dot_product_attention",
+        category="attention",
+        doc="Return fused attention of this query over ``key``/``value`` (GQA), ``[Dv, H, T]``.",
+        operands=("query", "key", "value", "mask?"),
+        params=(
+            Param(name="scale", type=float, error=ValueError),
+            Param(name="permuted_v", type=bool, from_backend="_backend_permuted_v"),
+        ),
+        rule=_attention,
+        flops=_flops_attention,
+        dtypes=frozenset({DType.F32}),
+        tolerance=Tolerance(eps_mult=8.0, abs_eps=8.0, reduction=True, nmse=1e-4),
     ),
-    _def(
-        "scaled_dot_product_attention",
-        ("query", "key", "value", "mask?"),
-        "compute",
-        _attention,
-        _flops_attention,
-        frozenset({DType.F32}),
-        Tolerance(eps_mult=8.0, abs_eps=8.0, reduction=True, nmse=1e-4),
-        "softmax(scale * K^T Q + mask) V with GQA",
-    ),
-    _def(
-        "arange",
-        (),
-        "compute",
-        _arange,
-        _flops_per_out(1),
-        frozenset({DType.F32, DType.I32}),
-        _EXACT,
-        "start + k * step, half-open",
+    # creation (§4.3): no operand, so a Context method
+    OpDef(
+        name="arange",
+        category="create",
+        doc="Record ``[start, stop)`` by ``step`` as F32 or I32 (a graph op).",
+        params=(
+            *(Param(name=n, type=float, finite=True, error=ValueError) for n in ("start", "stop")),
+            Param(name="step", type=float, finite=True, error=ValueError),
+            Param(
+                name="dtype",
+                type=DType,
+                choices=(DType.F32, DType.I32),
+                error=DTypeError,
+            ),
+        ),
+        rule=_arange,
+        flops=_flops_per_out(1),
+        dtypes=frozenset({DType.F32, DType.I32}),
+        tolerance=_EXACT,
     ),
     # Optional fused op (not in SEMANTICS §5): every first-party plugin implements it.
-    _def(
-        "rope",
-        ("a", "cos", "sin"),
-        "compute",
-        _rope,
-        _flops_per_out(3),
-        frozenset({DType.F32}),
-        Tolerance(eps_mult=4.0, abs_eps=32.0),
-        "rotate pairs of dim 0 by cos/sin tables [n_rot/2, T]; mode 0 normal, 2 neox",
+    OpDef(
+        name="rope",
+        category="fused",
+        doc=(
+            "Return ``[D, H, T]`` with the first ``n_rot = 2·cos.ne0`` values of each row "
+            "rotated.\n\n"
+            "Pair ``i`` of token ``t`` is rotated by ``cos[i, t]``/``sin[i, t]``: with ``mode`` 0\n"
+            "(normal) the pair is ``(x[2i], x[2i+1])``, with ``mode`` 2 (neox)\n"
+            "``(x[i], x[i + n_rot/2])``; ``(a, b)`` becomes ``(a·cos − b·sin, a·sin + b·cos)``.\n"
+            "Values past ``n_rot`` are copied."
+        ),
+        operands=("a", "cos", "sin"),
+        params=(_int("mode", choices=(0, 2), error=ValueError, doc="0 normal, 2 neox"),),
+        rule=_rope,
+        flops=_flops_per_out(3),
+        dtypes=frozenset({DType.F32}),
+        tolerance=Tolerance(eps_mult=4.0, abs_eps=32.0),
+        optional=True,
     ),
 ]
 
 OPS: Mapping[str, OpDef] = {op.name: op for op in _TABLE}
 """Every op, by name."""
+
+
+def category(name: str) -> tuple[str, ...]:
+    """Return the names of the ops of category ``name``, in table order."""
+    if name not in CATEGORIES:
+        raise KeyError(f"[ops] unknown category {name!r} (one of {', '.join(CATEGORIES)})")
+    return tuple(op.name for op in _TABLE if op.category == name)

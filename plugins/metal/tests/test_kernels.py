@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlplug.device import OPS, DType, Node, TensorRef
+from mlplug.device import OPS, DType, Node, TensorRef, category
 
 pytest.importorskip(
     "mlx.core", reason="MLX is not installed (pip install 'mlx[cpu]')", exc_type=ImportError
@@ -53,7 +53,7 @@ def _i(seed: int, high: int, *ne: int) -> Callable[[Any], TensorRef]:
 
 
 CASES: dict[str, Build] = {}
-for _op in ("neg", "sin", "cos", "tanh", "gelu", "silu", "relu", "sigmoid", "sqr", "sqrt"):
+for _op in (op for op in category("unary") if not OPS[op].params):
     CASES[f"{_op}/f32-permuted"] = _case(_op, _perm(_t(1, 5, 7, 3), 1, 0, 2, 3))
     CASES[f"{_op}/f16"] = _case(_op, _t(2, 33, 4, dtype=DType.F16))
 CASES["scale/bf16"] = _case("scale", _t(3, 31, 3, dtype=DType.BF16), s=0.37)

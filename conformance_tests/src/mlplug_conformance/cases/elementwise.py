@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 from mlplug.dtype import DType
+from mlplug.ops import OPS, REQUIRED, category
 
 from .dsl import CREATE_FLOAT, Params, case, inp, step
 from .model import Case, Fill, explicit, normal, specials, uniform
 
-__all__ = ["BINARY", "UNARY", "generate"]
+__all__ = ["BINARY", "UNARY", "generate", "unary_params"]
 
 _INF, _NAN = math.inf, math.nan
 
@@ -38,26 +39,28 @@ _UNARY_PARAMS: dict[str, list[tuple[str, Params]]] = {
     "scale": [("s0.37", {"s": 0.37}), ("s-3", {"s": -3.0}), ("s1e-3", {"s": 1e-3})],
     "clamp": [("lo-1-hi1.5", {"lo": -1.0, "hi": 1.5}), ("lo-gt-hi", {"lo": 0.5, "hi": -0.5})],
 }
-BINARY = ("add", "sub", "mul", "div")
-UNARY = (
-    "neg",
-    "sin",
-    "cos",
-    "tanh",
-    "gelu",
-    "silu",
-    "relu",
-    "sigmoid",
-    "sqr",
-    "sqrt",
-    "scale",
-    "clamp",
-)
+BINARY = category("binary")
+UNARY = category("unary")
+
+
+def unary_params(op: str) -> list[tuple[str, Params]]:
+    """Return the parameter variants (label suffix, params) the cases of unary ``op`` use.
+
+    An op without parameters has one empty variant; one whose parameters all have defaults
+    (``OpDef.params``) runs with those unless variants are listed here.
+    """
+    if op in _UNARY_PARAMS:
+        return _UNARY_PARAMS[op]
+    params = OPS[op].params
+    missing = [p.name for p in params if p.default is REQUIRED]
+    if missing:
+        raise KeyError(f"[conformance] {op}: list variants of {missing} to _UNARY_PARAMS")
+    return [("", {p.name: p.default for p in params})]
 
 
 def _unary_cases(op: str, dt: DType) -> list[Case]:
     fill = _UNARY_FILL.get(op, normal(2))
-    variants = _UNARY_PARAMS.get(op, [("", {})])
+    variants = unary_params(op)
     size = dt.type_size
     out = []
     for suffix, params in variants:
@@ -118,6 +121,15 @@ def _nonzero(lo: float, hi: float) -> Fill:
     return lambda rng, n: rng.uniform(lo, hi, n) * rng.choice([-1.0, 1.0], n)
 
 
+# Special values per binary op, against a = [NaN, inf, -inf, 0, -0, 1].
+_BINARY_SPECIALS: dict[str, list[float]] = {
+    "div": [2.0, 0.0, _INF, 0.0, 0.0, -0.0],
+    "mul": [1.0, 0.0, _INF, _INF, 2.0, -1.0],
+    "add": [1.0, -_INF, _INF, 0.0, -0.0, _NAN],
+    "sub": [1.0, _INF, -_INF, -0.0, 0.0, _INF],
+}
+
+
 def _binary_cases(op: str, dt: DType) -> list[Case]:
     b_fill = _nonzero(0.5, 2.0) if op == "div" else normal()
     size = dt.type_size
@@ -166,12 +178,9 @@ def _binary_cases(op: str, dt: DType) -> list[Case]:
         )
     )
     a_special = [_NAN, _INF, -_INF, 0.0, -0.0, 1.0]
-    b_special = {
-        "div": [2.0, 0.0, _INF, 0.0, 0.0, -0.0],
-        "mul": [1.0, 0.0, _INF, _INF, 2.0, -1.0],
-        "add": [1.0, -_INF, _INF, 0.0, -0.0, _NAN],
-        "sub": [1.0, _INF, -_INF, -0.0, 0.0, _INF],
-    }[op]
+    b_special = _BINARY_SPECIALS.get(op)
+    if b_special is None:
+        return out
     out.append(
         case(
             op,

@@ -45,74 +45,41 @@ __all__ = [
     "infer_step",
 ]
 
-_NO_PARAMS = {
-    "neg",
-    "sin",
-    "cos",
-    "tanh",
-    "gelu",
-    "silu",
-    "relu",
-    "sigmoid",
-    "sqr",
-    "sqrt",
-    "softmax",
-    "sum_rows",
-    "mean",
-    "variance",
-    "stddev",
-    "contiguous",
-    "duplicate",
-    "argsort",
-}
-_ONE_OPERAND = {"add", "sub", "mul", "div", "mulmat", "mulmat_full_prec", "copy", "rows"}
-_CONV = ("s0", "s1", "p0", "p1", "d0", "d1")
-
 
 def call(ctx: Context, op: str, ts: list[Tensor | None], p: dict[str, Any]) -> Tensor:
-    """Record ``op`` through its public ``Tensor``/``Context`` method; return the result."""
-    if op == "arange":
-        return ctx.arange(p["start"], p["stop"], p["step"], p["dtype"])
-    a, rest = ts[0], ts[1:]
-    assert a is not None
-    if op in _NO_PARAMS:
-        return getattr(a, op)(ctx)
-    if op in _ONE_OPERAND:
-        return getattr(a, op)(ctx, rest[0])
+    """Record ``op`` through its public ``Tensor``/``Context`` method; return the result.
 
-    def need(i: int) -> Tensor:
-        """Return operand ``i`` of ``rest``, which this op requires (not an absent optional)."""
-        t = rest[i]
-        if t is None:
-            raise ValueError(f"[conformance] {op}: operand {i + 1} is required, got None")
-        return t
-
-    simple: dict[str, Any] = {
-        "scale": lambda: a.scale(ctx, p["s"]),
-        "clamp": lambda: a.clamp(ctx, p["lo"], p["hi"]),
-        "mulmat_id": lambda: a.mulmat_id(ctx, need(0), need(1)),
-        "layer_norm": lambda: a.layer_norm(ctx, rest[0], rest[1], p["eps"]),
-        "rms_norm": lambda: a.rms_norm(ctx, rest[0], p["eps"]),
-        "reshape": lambda: a.reshape(ctx, *p["shape"]),
-        "view": lambda: a.view(ctx, p["offset"], *p["args"]),
-        "permute": lambda: a.permute(ctx, *p["axes"]),
-        "set": lambda: a.set(ctx, need(0), p["offset"], *p["strides"]),
-        "pad": lambda: a.pad(ctx, *p["pads"]),
-        "concat": lambda: a.concat(ctx, need(0), p["dim"]),
-        "stack": lambda: a.stack(ctx, p["dim"], *(need(i) for i in range(len(rest)))),
-        "repeat": lambda: a.repeat(ctx, p["dim"], p["n"]),
-        "topk": lambda: a.topk(ctx, p["k"]),
-        "conv_2d": lambda: a.conv_2d(ctx, need(0), *(p[k] for k in _CONV)),
-        "im2col": lambda: a.im2col(ctx, need(0), *(p[k] for k in _CONV)),
-        "avg_pool_2d": lambda: a.avg_pool_2d(ctx, p["k"], p["s"], p["p"]),
-        "scaled_dot_product_attention": lambda: a.scaled_dot_product_attention(
-            ctx, need(0), need(1), rest[2], p["scale"]
-        ),
-        "rope": lambda: a.rope(ctx, need(0), need(1), p["mode"]),
-    }
-    if op not in simple:
-        raise KeyError(f"[conformance] no public call known for op {op!r}")
-    return simple[op]()
+    The method's arguments come from the ops table (``OpDef.arguments``): operands by role (a
+    variadic role takes the rest of ``ts``), parameters by name from ``p`` (a variadic one
+    spread). Parameters the backend supplies (``Param.from_backend``) are not passed.
+    """
+    opdef = OPS[op]
+    roles = opdef.operands if opdef.receiver_is_context else opdef.operands[1:]
+    rest = ts if opdef.receiver_is_context else ts[1:]
+    by_role: dict[str, list[Tensor | None]] = {}
+    for i, role in enumerate(roles):
+        name = role.strip("*?")
+        if role.startswith("*"):
+            by_role[name] = list(rest[i:])
+            break
+        t = rest[i] if i < len(rest) else None
+        if t is None and not role.endswith("?"):
+            raise ValueError(f"[conformance] {op}: operand {role!r} is required, got None")
+        by_role[name] = [t]
+    args: list[Any] = []
+    for name in opdef.arguments:
+        if name in by_role:
+            args.extend(by_role[name])
+        elif opdef.param(name).variadic:
+            args.extend(p[name])
+        else:
+            args.append(p[name])
+    if opdef.receiver_is_context:
+        return getattr(ctx, op)(*args)  # type: ignore[no-any-return]
+    receiver = ts[0]
+    if receiver is None:
+        raise ValueError(f"[conformance] {op}: the receiver is required, got None")
+    return getattr(receiver, op)(ctx, *args)  # type: ignore[no-any-return]
 
 
 def build_inputs(

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from mlplug.dtype import DType
+from mlplug.ops import category
 
 from .dsl import CREATE_FLOAT, Params, case, inp, step
 from .model import Case, Fill, ints, normal, specials
@@ -181,10 +182,10 @@ def generate() -> list[Case]:
     out: list[Case] = []
     for dt in CREATE_FLOAT:
         out.extend(_softmax_cases(dt))
-        for op in ("sum_rows", "mean", "variance", "stddev"):
+        for op in category("reduce"):
             out.extend(_reduction_cases(op, dt))
         for op in ("layer_norm", "rms_norm"):
             out.extend(_norm_cases(op, dt))
-        for op in ("argsort", "topk"):
+        for op in category("sort"):
             out.extend(_sort_cases(op, dt))
     return out
