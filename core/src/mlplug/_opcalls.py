@@ -7,7 +7,7 @@ file differs from what the table gives. ``Tensor`` inherits :class:`TensorOps` a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from mlplug.context import Context
@@ -29,8 +29,8 @@ class TensorOps:
         srcs: tuple[Tensor | None, ...],
         params: dict[str, Any],
     ) -> Tensor:
-        """Record ``op`` on ``ctx`` with this tensor as receiver (``Tensor`` implements it)."""
-        raise NotImplementedError
+        """Record ``op`` on ``ctx`` with this tensor as the receiver."""
+        return ctx._record(op, (cast("Tensor", self), *srcs), params)
 
     def neg(self, ctx: Context) -> Tensor:
         """Return ``-x`` element-wise."""

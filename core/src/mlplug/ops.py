@@ -947,6 +947,26 @@ def _unary_op(
     )
 
 
+def _row_op_def(
+    name: str,
+    category: str,
+    doc: str,
+    flops_per_in: int,
+    out_dtype: DType | None = None,
+    per_row: bool = True,
+) -> OpDef:
+    return OpDef(
+        name=name,
+        category=category,
+        doc=doc,
+        operands=("a",),
+        rule=_row_op(name, out_dtype, per_row),
+        flops=_flops_per_in(flops_per_in),
+        dtypes=FLOAT,
+        tolerance=_REDUCE,
+    )
+
+
 def _binary_op(name: str, symbol: str) -> OpDef:
     return OpDef(
         name=name,
@@ -1014,16 +1034,7 @@ _TABLE: list[OpDef] = [
         tolerance=_PRODUCT,
     ),
     # normalisation and softmax along dim 0 (§5.5)
-    OpDef(
-        name="softmax",
-        category="normalize",
-        doc="Return the softmax of each row (dim 0).",
-        operands=("a",),
-        rule=_row_op("softmax", None, False),
-        flops=_flops_per_in(5),
-        dtypes=FLOAT,
-        tolerance=_REDUCE,
-    ),
+    _row_op_def("softmax", "normalize", "Return the softmax of each row (dim 0).", 5, None, False),
     OpDef(
         name="layer_norm",
         category="normalize",
@@ -1047,46 +1058,10 @@ _TABLE: list[OpDef] = [
         tolerance=_REDUCE,
     ),
     # reductions along dim 0 (§5.5)
-    OpDef(
-        name="sum_rows",
-        category="reduce",
-        doc="Return the sum of each row, ``[1, ne1, ne2, ne3]``.",
-        operands=("a",),
-        rule=_row_op("sum_rows", None, True),
-        flops=_flops_per_in(1),
-        dtypes=FLOAT,
-        tolerance=_REDUCE,
-    ),
-    OpDef(
-        name="mean",
-        category="reduce",
-        doc="Return the mean of each row (F32).",
-        operands=("a",),
-        rule=_row_op("mean", DType.F32, True),
-        flops=_flops_per_in(1),
-        dtypes=FLOAT,
-        tolerance=_REDUCE,
-    ),
-    OpDef(
-        name="variance",
-        category="reduce",
-        doc="Return the population variance of each row.",
-        operands=("a",),
-        rule=_row_op("variance", None, True),
-        flops=_flops_per_in(3),
-        dtypes=FLOAT,
-        tolerance=_REDUCE,
-    ),
-    OpDef(
-        name="stddev",
-        category="reduce",
-        doc="Return the population standard deviation of each row.",
-        operands=("a",),
-        rule=_row_op("stddev", None, True),
-        flops=_flops_per_in(3),
-        dtypes=FLOAT,
-        tolerance=_REDUCE,
-    ),
+    _row_op_def("sum_rows", "reduce", "Return the sum of each row, ``[1, ne1, ne2, ne3]``.", 1),
+    _row_op_def("mean", "reduce", "Return the mean of each row (F32).", 1, DType.F32),
+    _row_op_def("variance", "reduce", "Return the population variance of each row.", 3),
+    _row_op_def("stddev", "reduce", "Return the population standard deviation of each row.", 3),
     # views and copies (§5.6)
     OpDef(
         name="reshape",

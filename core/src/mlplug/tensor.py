@@ -19,7 +19,7 @@ from mlplug.ops import Meta
 if TYPE_CHECKING:
     import numpy as np
 
-    from mlplug.context import Context, Family
+    from mlplug.context import Family
     from mlplug.device import Buffer
 
 __all__ = ["Storage", "Tensor"]
@@ -148,14 +148,3 @@ class Tensor(TensorOps):
 
             return np.zeros((0,), dtype=_convert.to_numpy(b"", self._meta.dtype, (0,)).dtype)
         return _convert.to_numpy(raw, self._meta.dtype, shape)
-
-    # -- op recording (the op methods are generated into mlplug._opcalls) ----------------------
-
-    def _op_call(
-        self,
-        ctx: Context,
-        op: str,
-        srcs: tuple[Tensor | None, ...],
-        params: dict[str, Any],
-    ) -> Tensor:
-        return ctx._record(op, (self, *srcs), params)
