@@ -15,6 +15,7 @@ import pytest
 
 import mlplug
 from mlplug.device import EnginePlugin, Node
+from mlplug.engine import EngineFactory
 from mlplug_conformance import convert
 from mlplug_conformance.device import ReferenceDevice, _read, _scatter
 
@@ -73,7 +74,7 @@ def mutant() -> Iterator[Callable[..., str]]:
     ) -> str:
         name = f"mutant_{len(names)}"
         plugin = EnginePlugin(name=name, load=lambda params: [MutantDevice(op, doctor, declines)])
-        mlplug.register_backend(name, plugin.factory)
+        mlplug.register_backend(name, EngineFactory(plugin))
         names.append(name)
         return name
 

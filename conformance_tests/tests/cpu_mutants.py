@@ -23,6 +23,7 @@ import numpy as np
 import mlplug
 from mlplug import DType
 from mlplug.device import EnginePlugin, Node, TensorRef, contiguous_strides
+from mlplug.engine import EngineFactory
 
 MUTANTS = ("mutant_stride", "mutant_broadcast", "mutant_transpose", "mutant_nan", "mutant_ulp")
 
@@ -159,4 +160,4 @@ def register_mutants() -> None:
     """Register every mutant with the global registry (idempotent)."""
     for name in MUTANTS:
         plugin = _PLUGINS.setdefault(name, _plugin(name))
-        mlplug.register_backend(name, plugin.factory, priority=-1000)
+        mlplug.register_backend(name, EngineFactory(plugin), priority=-1000)

@@ -10,6 +10,7 @@ import pytest
 
 import mlplug
 from mlplug.device import EnginePlugin, Node
+from mlplug.engine import EngineFactory
 from mlplug_conformance.runner import main
 
 
@@ -39,7 +40,7 @@ def _load(params: mlplug.BackendParams) -> Sequence[object]:
 @pytest.fixture(scope="module", autouse=True)
 def _registered() -> None:
     plugin = EnginePlugin(name="declining", load=_load)  # type: ignore[arg-type]
-    mlplug.register_backend("declining", plugin.factory, priority=-1000)
+    mlplug.register_backend("declining", EngineFactory(plugin), priority=-1000)
 
 
 def test_a_declined_op_is_unsupported_not_passed(tmp_path: Path) -> None:

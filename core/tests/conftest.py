@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 import mlplug
+from mlplug.engine import EngineFactory
 from toy_device import toy_plugin
 
 
@@ -14,7 +15,7 @@ from toy_device import toy_plugin
 def toy() -> Iterator[mlplug.Backend]:
     """A backend on one toy CPU device."""
     plugin, _ = toy_plugin()
-    backend = plugin.factory(None, mlplug.BackendParams())
+    backend = EngineFactory(plugin)(None, mlplug.BackendParams())
     yield backend
     backend.close()
 

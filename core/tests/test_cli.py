@@ -10,6 +10,7 @@ import pytest
 
 import mlplug
 from mlplug.cli import main
+from mlplug.engine import EngineFactory
 from mlplug_conformance import synth
 from toy_device import toy_plugin
 
@@ -17,7 +18,9 @@ from toy_device import toy_plugin
 @pytest.fixture
 def toy_registered() -> Iterator[None]:
     plugin, _ = toy_plugin(2, gpu_cap=1 << 20)
-    mlplug.register_backend("toycli", plugin.factory, priority=-5, install_hint="pip install toy")
+    mlplug.register_backend(
+        "toycli", EngineFactory(plugin), priority=-5, install_hint="pip install toy"
+    )
     yield
     mlplug.unregister_backend("toycli")
 

@@ -20,6 +20,7 @@ from mlplug import (
     NotComputedError,
     ShapeError,
 )
+from mlplug.engine import EngineFactory
 from toy_device import ToyDevice, toy_plugin
 
 A, F, U = AllocationStatus.ALLOCATED, AllocationStatus.FAILED, AllocationStatus.UNALLOCATED
@@ -225,7 +226,7 @@ def test_close_family_and_backend(toy: mlplug.Backend) -> None:
 
 def test_operands_from_another_backend_raise(toy: mlplug.Backend) -> None:
     plugin, _ = toy_plugin()
-    other = plugin.factory(None, BackendParams())
+    other = EngineFactory(plugin)(None, BackendParams())
     a = values(toy.new_context(), 4)
     b = values(other.new_context(), 4)
     with pytest.raises(ContextError):
@@ -243,7 +244,7 @@ def test_multi_device_graph_equals_single_device() -> None:
     results = []
     for gpus, layers in ((0, 0), (2, 1)):
         plugin, devices = toy_plugin(gpus)
-        backend = plugin.factory(
+        backend = EngineFactory(plugin)(
             None, BackendParams(num_gpu_layers=layers, main_gpu=gpus - 1 if gpus else 0)
         )
         ctx = backend.new_context()
@@ -262,7 +263,7 @@ def test_multi_device_graph_equals_single_device() -> None:
 
 def test_unsupported_node_falls_back_to_cpu() -> None:
     plugin, devices = toy_plugin(1, gpu_unsupported=("neg",))
-    backend = plugin.factory(None, BackendParams(num_gpu_layers=1))
+    backend = EngineFactory(plugin)(None, BackendParams(num_gpu_layers=1))
     ctx = backend.new_context()
     a = ctx.layer(0).from_float_slice([1, 2, 3], 3)
     y = a.neg(ctx).add(ctx, a)  # neg falls back to the CPU; add has an input on the GPU
@@ -274,7 +275,7 @@ def test_unsupported_node_falls_back_to_cpu() -> None:
 
 def test_without_cpu_fallback_a_declined_node_raises_naming_the_device() -> None:
     plugin, devices = toy_plugin(1, gpu_unsupported=("neg",))
-    backend = plugin.factory(None, BackendParams(num_gpu_layers=1, cpu_fallback=False))
+    backend = EngineFactory(plugin)(None, BackendParams(num_gpu_layers=1, cpu_fallback=False))
     ctx = backend.new_context()
     a = ctx.layer(0).from_float_slice([1, 2, 3], 3)
     y = a.neg(ctx)
@@ -330,7 +331,7 @@ def test_graph_memory_only_grows(toy: mlplug.Backend) -> None:
 
 def test_layer_buffers_are_counted_as_cache() -> None:
     plugin, _ = toy_plugin(1)
-    backend = plugin.factory(None, BackendParams(num_gpu_layers=1))
+    backend = EngineFactory(plugin)(None, BackendParams(num_gpu_layers=1))
     ctx = backend.new_context()
     ctx.layer(0).zeros(DType.F32, 10)  # 40 bytes -> 64 with alignment 32
     ctx.input().zeros(DType.F32, 1000)  # inputs are not counted
@@ -345,7 +346,7 @@ def test_layer_buffers_are_counted_as_cache() -> None:
 
 def test_out_of_memory_on_cache_and_graph() -> None:
     plugin, devices = toy_plugin(1, gpu_cap=1024)
-    backend = plugin.factory(None, BackendParams(num_gpu_layers=1))
+    backend = EngineFactory(plugin)(None, BackendParams(num_gpu_layers=1))
     ctx = backend.new_context()
     with pytest.raises(ErrNoMem) as info:
         ctx.layer(0).zeros(DType.F32, 1000)
@@ -365,7 +366,7 @@ def test_out_of_memory_on_cache_and_graph() -> None:
 
 def test_reserve_failure_marks_graph_failed() -> None:
     plugin, _ = toy_plugin(1, gpu_cap=2048)
-    backend = plugin.factory(None, BackendParams(num_gpu_layers=1))
+    backend = EngineFactory(plugin)(None, BackendParams(num_gpu_layers=1))
     ctx = backend.new_context()
     a = ctx.layer(0).from_float_slice([1.0] * 256, 256)  # 1024 bytes, half the cap
     y = a.scale(ctx, 2.0).scale(ctx, 3.0)  # needs 2 x 1024 bytes of arena
@@ -393,7 +394,7 @@ def test_concurrent_compute_raises() -> None:
             super().execute(nodes)
 
     plugin = mlplug.device.EnginePlugin("slow", lambda p: [Slow("CPU", "cpu")])
-    backend = plugin.factory(None, BackendParams())
+    backend = EngineFactory(plugin)(None, BackendParams())
     ctx = backend.new_context()
     y = values(ctx, 4).neg(ctx)
     ctx.forward(y)
@@ -427,7 +428,7 @@ def test_out_of_memory_while_executing_becomes_errnomem() -> None:
     plugin = mlplug.device.EnginePlugin(
         "lazy", lambda p: [ToyDevice("CPU", "cpu"), Lazy("LAZY0", "gpu")]
     )
-    backend = plugin.factory(None, BackendParams(num_gpu_layers=1))
+    backend = EngineFactory(plugin)(None, BackendParams(num_gpu_layers=1))
     ctx = backend.new_context()
     y = ctx.layer(0).from_float_slice([1.0], 1).neg(ctx)
     ctx.forward(y)

@@ -21,6 +21,7 @@ from mlplug import (
     Memory,
     NotComputedError,
 )
+from mlplug.engine import EngineFactory
 from mlplug_conformance import synth
 from toy_device import toy_plugin
 
@@ -29,7 +30,9 @@ A, F, U = AllocationStatus.ALLOCATED, AllocationStatus.FAILED, AllocationStatus.
 
 def backend(path: Path | None, n_gpus: int = 0, gpu_cap: int = 1 << 30, **params: object):
     plugin, devices = toy_plugin(n_gpus, gpu_cap=gpu_cap)
-    return plugin.factory(None if path is None else str(path), BackendParams(**params)), devices
+    return EngineFactory(plugin)(
+        None if path is None else str(path), BackendParams(**params)
+    ), devices
 
 
 def layers_of(be: mlplug.Backend) -> list[str]:
@@ -149,7 +152,7 @@ def test_out_of_memory_for_weights_frees_everything(tmp_path: Path) -> None:
     # 24832 bytes per layer; GPU0 gets layer 0, GPU1 layers 1-3 (too many for its cap).
     plugin, devices = toy_plugin(2, gpu_cap=60_000)
     with pytest.raises(ErrNoMem) as info:
-        plugin.factory(str(path), BackendParams(num_gpu_layers=4, tensor_split=(1, 3)))
+        EngineFactory(plugin)(str(path), BackendParams(num_gpu_layers=4, tensor_split=(1, 3)))
     mem = info.value.memory
     assert all(m.status is A for m in mem.gpus[0].weights if m.size)
     assert any(m.status is F for m in mem.gpus[1].weights)
@@ -222,7 +225,7 @@ def test_malformed_files_raise_gguf_error_and_leak_nothing(tmp_path: Path) -> No
         bad.write_bytes(good.read_bytes()[:cut])
         plugin, devices = toy_plugin(1)
         with pytest.raises(GGUFError, match=r"bad\.gguf"):
-            plugin.factory(str(bad), BackendParams(num_gpu_layers=1))
+            EngineFactory(plugin)(str(bad), BackendParams(num_gpu_layers=1))
         assert all(d.used == 0 for d in devices)
     bad.write_bytes(b"not a gguf file at all" * 10)
     with pytest.raises(GGUFError):
@@ -235,7 +238,7 @@ def test_malformed_files_raise_gguf_error_and_leak_nothing(tmp_path: Path) -> No
 def test_inputs_on_two_gpus_gather_on_main_gpu(tmp_path: Path, main: int) -> None:
     path = placement_model(tmp_path, blocks=4)
     plugin, devices = toy_plugin(2)
-    be = plugin.factory(
+    be = EngineFactory(plugin)(
         str(path), BackendParams(num_gpu_layers=4, main_gpu=main, tensor_split=(1, 1))
     )
     ctx = be.new_context()
@@ -256,7 +259,9 @@ def test_gpu_to_gpu_transfers_copy_directly_when_both_devices_offer_it(
 ) -> None:
     path = placement_model(tmp_path, blocks=4)
     plugin, devices = toy_plugin(2, gpu_direct=direct)
-    be = plugin.factory(str(path), BackendParams(num_gpu_layers=4, main_gpu=1, tensor_split=(1, 1)))
+    be = EngineFactory(plugin)(
+        str(path), BackendParams(num_gpu_layers=4, main_gpu=1, tensor_split=(1, 1))
+    )
     ctx = be.new_context()
     a = ctx.layer(0).from_float_slice([1, 2, 3], 3)  # TOY0
     b = ctx.layer(2).from_float_slice([10, 20, 30], 3)  # TOY1

@@ -17,10 +17,12 @@ from mlplug import (
     DuplicateBackendError,
 )
 from mlplug.device import hookimpl
+from mlplug.engine import EngineFactory
 from mlplug.registry import Registry
 from toy_device import toy_plugin
 
 TOY, _ = toy_plugin()
+TOY_FACTORY = EngineFactory(TOY)
 
 
 def _module(name: str, **attrs: object) -> str:
@@ -50,7 +52,7 @@ def ep(name: str, value: str) -> metadata.EntryPoint:
     return metadata.EntryPoint(name=name, value=value, group="mlplug.backends")
 
 
-def hook_module(modname: str, backend: str, factory=TOY.factory, **kw: object) -> str:
+def hook_module(modname: str, backend: str, factory=TOY_FACTORY, **kw: object) -> str:
     @hookimpl
     def mlplug_register_backends(registry):  # type: ignore[no-untyped-def]
         registry.register_backend(backend, factory, **kw)
@@ -72,7 +74,7 @@ def test_discovery_is_lazy_and_happens_once(fake_eps: list) -> None:
 
 def test_plain_callable_entry_point(fake_eps: list) -> None:
     def register(registry):  # type: ignore[no-untyped-def]
-        registry.register_backend("plain", TOY.factory, priority=3)
+        registry.register_backend("plain", EngineFactory(TOY), priority=3)
 
     mod = _module("fakeplug_plain", register=register)
     fake_eps.append(ep("plain", f"{mod}:register"))
@@ -115,7 +117,7 @@ def test_conflicting_distributions(fake_eps: list) -> None:
     fake_eps.extend(
         [
             ep("dup", hook_module("fakeplug_d1", "dup")),
-            ep("dup", hook_module("fakeplug_d2", "dup", factory=other.factory)),
+            ep("dup", hook_module("fakeplug_d2", "dup", factory=EngineFactory(other))),
         ]
     )
     reg = Registry()
@@ -127,14 +129,14 @@ def test_conflicting_distributions(fake_eps: list) -> None:
 
 def test_register_backend_rules(fake_eps: list) -> None:
     reg = Registry()
-    reg.register_backend("toy", TOY.factory)
-    reg.register_backend("toy", TOY.factory)  # same factory: no-op
+    reg.register_backend("toy", EngineFactory(TOY))
+    reg.register_backend("toy", EngineFactory(TOY))  # same factory: no-op
     other, _ = toy_plugin()
     with pytest.raises(DuplicateBackendError):
-        reg.register_backend("toy", other.factory)
+        reg.register_backend("toy", EngineFactory(other))
     for bad in ("Toy", "1x", "a-b", ""):
         with pytest.raises(ValueError):
-            reg.register_backend(bad, TOY.factory)
+            reg.register_backend(bad, EngineFactory(TOY))
     assert reg.list_backends()[0].provider == "register_backend"
     reg.unregister_backend("toy")
     assert reg.list_backends() == []
@@ -147,7 +149,7 @@ def test_selection_order(fake_eps: list, monkeypatch: pytest.MonkeyPatch) -> Non
     def factory_for(name: str):  # type: ignore[no-untyped-def]
         def factory(path, params):  # type: ignore[no-untyped-def]
             made.append(name)
-            return TOY.factory(path, params)
+            return EngineFactory(TOY)(path, params)
 
         return factory
 
@@ -175,7 +177,7 @@ def test_selection_order(fake_eps: list, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_nothing_available(fake_eps: list) -> None:
     reg = Registry()
-    reg.register_backend("off", TOY.factory, probe=lambda: (False, "absent"))
+    reg.register_backend("off", EngineFactory(TOY), probe=lambda: (False, "absent"))
     with pytest.raises(BackendNotFoundError, match=r'off \(absent\).*pip install "mlplug\[cpu\]"'):
         reg.new_backend()
 
@@ -186,7 +188,7 @@ def test_probe_that_raises_counts_as_unavailable(fake_eps: list) -> None:
     def probe() -> tuple[bool, str]:
         raise OSError("libcuda.so not found")
 
-    reg.register_backend("cuda", TOY.factory, probe=probe)
+    reg.register_backend("cuda", EngineFactory(TOY), probe=probe)
     info = reg.list_backends()[0]
     assert not info.available and "libcuda.so" in info.reason
     assert info.install_hint == 'pip install "mlplug[cuda]"'

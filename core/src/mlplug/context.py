@@ -17,27 +17,31 @@ from mlplug.ops import INT32_MAX, INT32_MIN, OPS, Meta, normalize
 from mlplug.tensor import Storage, Tensor
 
 if TYPE_CHECKING:
-    from mlplug.engine.graph_backend import GraphBackend
+    from mlplug.executor import GraphExecutor, Role
 
 __all__ = ["Context", "Family"]
 
 
 class Family:
-    """The state shared by a root context and its derived contexts."""
+    """The state shared by a root context and its derived contexts.
+
+    ``executor`` runs the family's graphs and owns its buffers (:mod:`mlplug.executor` says what
+    it may read and write here).
+    """
 
     __slots__ = (
         "__weakref__",
-        "backend",
         "buffers",
         "capacity",
         "closed",
+        "executor",
         "graph",
         "in_graph",
         "results",
     )
 
-    def __init__(self, backend: GraphBackend, capacity: int) -> None:
-        self.backend = backend
+    def __init__(self, executor: GraphExecutor, capacity: int) -> None:
+        self.executor = executor
         self.capacity = capacity
         self.graph: list[Tensor] = []
         self.in_graph: set[int] = set()
@@ -49,7 +53,7 @@ class Family:
         """Raise ``ContextError`` if the family (or its backend) is closed."""
         if self.closed:
             raise ContextError(f"{what}: the context has been closed")
-        if self.backend.closed:
+        if self.executor.closed:
             raise ContextError(f"{what}: the backend has been closed")
 
 
@@ -61,7 +65,7 @@ class Context(ContextOps):
 
     __slots__ = ("_family", "_layer", "_role")
 
-    def __init__(self, family: Family, role: str = "root", layer: int | None = None) -> None:
+    def __init__(self, family: Family, role: Role = "root", layer: int | None = None) -> None:
         self._family = family
         self._role = role
         self._layer = layer
@@ -76,7 +80,7 @@ class Context(ContextOps):
     def layer(self, i: int) -> Context:
         """Return a context whose buffers live on layer ``i``'s device, counted as its cache."""
         self._family.check_open("layer")
-        blocks = self._family.backend.blocks
+        blocks = self._family.executor.blocks
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= blocks:
             raise IndexError(f"layer: index must be in 0..{blocks}, got {i!r}")
         return Context(self._family, "layer", i)
@@ -87,7 +91,7 @@ class Context(ContextOps):
 
     def close(self) -> None:
         """Free every buffer and retained result of the family. Idempotent."""
-        self._family.backend._close_family(self._family)
+        self._family.executor.close_family(self._family)
 
     def __enter__(self) -> Context:
         return self
@@ -99,7 +103,7 @@ class Context(ContextOps):
 
     def _new_buffer(self, what: str, dtype: object, shape: Sequence[object]) -> Tensor:
         meta = self._buffer_meta(what, dtype, shape)
-        return self._family.backend._create_buffer(self._family, self._role, self._layer, meta)
+        return self._family.executor.create_buffer(self._family, self._role, self._layer, meta)
 
     def _buffer_meta(self, what: str, dtype: object, shape: Sequence[object]) -> Meta:
         self._family.check_open(what)
@@ -139,7 +143,7 @@ class Context(ContextOps):
     def zeros(self, dtype: DType, *shape: int) -> Tensor:
         """Create a buffer tensor filled with zero bytes."""
         t = self._new_buffer("zeros", dtype, shape)
-        self._family.backend._fill(t, None)
+        self._family.executor.fill(t, None)
         return t
 
     def from_float_slice(self, values: Any, *shape: int) -> Tensor:
@@ -179,8 +183,8 @@ class Context(ContextOps):
             raise ShapeError(
                 f"{what}: got {flat.size} values for shape {list(shape)} ({meta.n} elements)"
             )
-        t = self._family.backend._create_buffer(self._family, self._role, self._layer, meta)
-        self._family.backend._fill(t, flat.astype("<" + flat.dtype.str[1:]).tobytes())
+        t = self._family.executor.create_buffer(self._family, self._role, self._layer, meta)
+        self._family.executor.fill(t, flat.astype("<" + flat.dtype.str[1:]).tobytes())
         return t
 
     # -- graph --------------------------------------------------------------------------------
@@ -199,9 +203,9 @@ class Context(ContextOps):
                 continue
             if not isinstance(s, Tensor):
                 raise TypeError(f"{op}: operands must be Tensors, got {type(s).__name__}")
-            if s._family.backend is not family.backend:
+            if s._family.executor is not family.executor:
                 raise ContextError(f"{op}: operand belongs to another backend")
-            if s._family.closed or family.backend.closed:
+            if s._family.closed or family.executor.closed:
                 raise ContextError(f"{op}: operand's context has been closed")
             metas.append(s._meta)
         result = opdef.infer(metas, dict(params))
@@ -219,7 +223,7 @@ class Context(ContextOps):
         )
 
     def _backend_permuted_v(self) -> bool:
-        return self._family.backend.cache_config().permuted_v
+        return self._family.executor.cache_config().permuted_v
 
     def forward(self, *ts: Tensor) -> Context:
         """Append each tensor and its missing ancestors to the family's graph; return self."""
@@ -230,7 +234,7 @@ class Context(ContextOps):
         for t in ts:
             if not isinstance(t, Tensor):
                 raise TypeError(f"forward: expected Tensors, got {type(t).__name__}")
-            if t._family.backend is not family.backend:
+            if t._family.executor is not family.executor:
                 raise ContextError("forward: tensor belongs to another backend")
             # Iterative post-order DFS: operands (in order) before their dependents.
             stack: list[tuple[Tensor, int]] = [(t, 0)]
@@ -260,9 +264,9 @@ class Context(ContextOps):
     def compute(self, *ts: Tensor) -> None:
         """Execute every node of the family's graph; make the listed nodes readable."""
         self._family.check_open("compute")
-        self._family.backend._compute(self._family, ts)
+        self._family.executor.compute(self._family, ts)
 
     def reserve(self) -> None:
         """Plan and allocate the compute buffers the current graph needs, executing nothing."""
         self._family.check_open("reserve")
-        self._family.backend._reserve(self._family)
+        self._family.executor.reserve(self._family)

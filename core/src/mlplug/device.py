@@ -31,17 +31,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import pluggy
 
 from mlplug.dtype import ANY, CACHE, CREATE, FLOAT, INT, WEIGHT, DType
 from mlplug.ops import OPS, Meta, OpDef, Param, category, contiguous_strides, is_contiguous
 from mlplug.params import BackendParams, CacheConfig
-
-if TYPE_CHECKING:
-    from mlplug.backend import Backend
-    from mlplug.registry import Registry
 
 __all__ = [
     "ANY",
@@ -63,6 +59,7 @@ __all__ = [
     "Node",
     "OpDef",
     "Param",
+    "Registrar",
     "SupportsCacheConfig",
     "SupportsDirectCopy",
     "SupportsWeightUpload",
@@ -71,7 +68,6 @@ __all__ = [
     "contiguous_strides",
     "hookimpl",
     "is_contiguous",
-    "make_backend",
     "parse_size",
 ]
 
@@ -292,37 +288,42 @@ class EnginePlugin:
     install_hint: str | None = None
     api_version: int = API_VERSION
 
-    def factory(self, model_path: str | None, params: BackendParams) -> Backend:
-        """Build a backend of the core engine on this plugin's devices."""
-        return make_backend(model_path, params, self.load, backend_name=self.name)
+    def register(self, registry: Registrar) -> None:
+        """Register this plugin with ``registry`` (call from the ``mlplug_register_backends`` hook).
 
-    def register(self, registry: Registry) -> None:
-        """Register this plugin's backend with ``registry`` (call from the hook)."""
+        The registry builds the core engine's backend over this plugin's devices; this module
+        never imports the engine.
+
+        Raises:
+            RuntimeError: The plugin targets another device API version.
+        """
         if self.api_version != API_VERSION:
             raise RuntimeError(
                 f"[{self.name}] plugin targets device API {self.api_version}, "
                 f"core provides {API_VERSION}"
             )
-        registry.register_backend(
-            self.name,
-            self.factory,
-            priority=self.priority,
-            probe=self.probe,
-            install_hint=self.install_hint,
-        )
+        registry.register_engine_plugin(self)
 
 
-def make_backend(
-    model_path: str | None,
-    params: BackendParams,
-    load: Callable[[BackendParams], Sequence[Device]],
-    *,
-    backend_name: str = "",
-) -> Backend:
-    """Build a core-engine backend over the devices ``load(params)`` returns."""
-    from mlplug.engine import GraphBackend
+@runtime_checkable
+class Registrar(Protocol):
+    """What the ``mlplug_register_backends`` hook receives (``mlplug.registry`` implements it)."""
 
-    return GraphBackend(model_path, params, load(params), name=backend_name)
+    def register_engine_plugin(self, plugin: EnginePlugin) -> None:
+        """Register a device plugin: the core engine runs over the devices its ``load`` returns."""
+        ...
+
+    def register_backend(
+        self,
+        name: str,
+        factory: Callable[[str | None, BackendParams], Any],
+        *,
+        priority: int = 0,
+        probe: Callable[[], tuple[bool, str]] | None = None,
+        install_hint: str | None = None,
+    ) -> None:
+        """Register ``factory(model_path, params) -> mlplug.Backend`` (an own executor)."""
+        ...
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)

@@ -29,6 +29,7 @@ from mlplug.params import BackendParams
 
 if TYPE_CHECKING:
     from mlplug.backend import Backend
+    from mlplug.device import EnginePlugin
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -78,6 +79,19 @@ def _hint(name: str) -> str:
     return f'pip install "mlplug[{extra}]"'
 
 
+def _register_engine_plugin(registrar: Registry | _PluginRegistrar, plugin: EnginePlugin) -> None:
+    # The engine is imported when a plugin registers, not by ``import mlplug``.
+    from mlplug.engine import EngineFactory
+
+    registrar.register_backend(
+        plugin.name,
+        EngineFactory(plugin),
+        priority=plugin.priority,
+        probe=plugin.probe,
+        install_hint=plugin.install_hint,
+    )
+
+
 class _PluginRegistrar:
     """The object a plugin's hook receives: registers only the entry point's own name."""
 
@@ -104,6 +118,9 @@ class _PluginRegistrar:
             name, factory, priority, probe, install_hint, self._provider, discovered=True
         )
         self.registered = True
+
+    def register_engine_plugin(self, plugin: EnginePlugin) -> None:
+        _register_engine_plugin(self, plugin)
 
 
 class Registry:
@@ -136,6 +153,10 @@ class Registry:
         self._add(
             name, factory, priority, probe, install_hint, "register_backend", discovered=False
         )
+
+    def register_engine_plugin(self, plugin: EnginePlugin) -> None:
+        """Register a device plugin: the core engine over the devices ``plugin.load`` returns."""
+        _register_engine_plugin(self, plugin)
 
     def _add(
         self,

@@ -128,7 +128,7 @@ class Tensor(TensorOps):
 
     def bytes(self) -> bytes:
         """Return the values' bytes in logical order (block types: raw blocks)."""
-        return self._family.backend._read_bytes(self)
+        return self._family.executor.read_bytes(self)
 
     def floats(self) -> np.ndarray:
         """Return the values as a 1-D float32 array in logical order."""

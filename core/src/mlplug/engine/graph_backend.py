@@ -33,10 +33,11 @@ from mlplug.placement import layer_devices, normalized_splits
 from mlplug.tensor import Storage, Tensor
 
 from .books import Books, round_up
-from .schedule import Plan, make_plan
+from .schedule import GraphIndex, Plan, Step, make_plan
 
 if TYPE_CHECKING:
     from mlplug.config import Config
+    from mlplug.executor import Role
 
 __all__ = ["GraphBackend"]
 
@@ -193,7 +194,7 @@ class GraphBackend:
         names = ", ".join(d.name for d in self.devices)
         return f"<GraphBackend {self.name!r} devices=[{names}] blocks={self.blocks}>"
 
-    # -- internals used by Context/Tensor -----------------------------------------------------
+    # -- internals ------------------------------------------------------------------------------
 
     def _check_open(self, what: str) -> None:
         if self.closed:
@@ -212,7 +213,7 @@ class GraphBackend:
 
     def _free_everything(self) -> None:
         for family in list(self._families):
-            self._close_family(family)
+            self.close_family(family)
         if self._model is not None:
             self._model.free(self)
         for i, arena in enumerate(self._arenas):
@@ -232,7 +233,10 @@ class GraphBackend:
     def _alloc(self, device: int, nbytes: int) -> Buffer:
         return self.devices[device].alloc(nbytes)
 
-    def _create_buffer(self, family: Family, role: str, layer: int | None, meta: Meta) -> Tensor:
+    # -- GraphExecutor (mlplug.executor): what Context and Tensor call -------------------------
+
+    def create_buffer(self, family: Family, role: Role, layer: int | None, meta: Meta) -> Tensor:
+        """Allocate a buffer tensor on the device of its role (see ``GraphExecutor``)."""
         device = 0 if role == "input" else self._layer_device[layer or 0]
         counted = layer if role == "layer" else None
         nbytes = meta.storage
@@ -251,13 +255,15 @@ class GraphBackend:
         family.buffers.append((storage, counted, accounted))
         return Tensor(family, meta, storage=storage)
 
-    def _fill(self, t: Tensor, data: bytes | None) -> None:
+    def fill(self, t: Tensor, data: bytes | None) -> None:
+        """Write packed bytes (or zeros) into a buffer tensor."""
         storage = t._storage
         if storage is None or storage.buffer is None or not storage.nbytes:
             return
         storage.buffer.write(storage.offset, data if data is not None else bytes(storage.nbytes))
 
-    def _close_family(self, family: Family) -> None:
+    def close_family(self, family: Family) -> None:
+        """Free a family's buffers and retained results. Idempotent."""
         if family.closed:
             return
         family.closed = True
@@ -274,7 +280,8 @@ class GraphBackend:
         family.graph.clear()
         family.in_graph.clear()
 
-    def _read_bytes(self, t: Tensor) -> bytes:
+    def read_bytes(self, t: Tensor) -> bytes:
+        """Return a tensor's bytes in logical order (§2.4)."""
         if t._family.closed or self.closed:
             raise ContextError("bytes: the tensor's context (or backend) has been closed")
         meta = t._meta
@@ -308,23 +315,25 @@ class GraphBackend:
         assert t._storage is not None
         return t._storage.device
 
-    def _plan(self, family: Family, outputs: Sequence[Tensor]) -> Plan:
+    def _plan(self, family: Family, outputs: Sequence[Tensor]) -> tuple[GraphIndex, Plan]:
+        ix = GraphIndex(family.graph, outputs, self.is_weight, self._storage_device)
         main = self.params.main_gpu + 1 if self.n_gpus else 0
-        return make_plan(
-            family.graph,
-            outputs,
+        plan = make_plan(
+            ix,
             self.devices,
             main,
             self.is_weight,
             self._storage_device,
             cpu_fallback=self.params.cpu_fallback,
         )
+        return ix, plan
 
-    def _reserve(self, family: Family) -> None:
+    def reserve(self, family: Family) -> None:
+        """Plan the family's graph and allocate its arenas, executing nothing."""
         with self._guard("reserve"):
             consumed = {id(s) for n in family.graph for s in n._srcs if s is not None}
             leaves = [n for n in family.graph if id(n) not in consumed]
-            plan = self._plan(family, leaves)
+            _, plan = self._plan(family, leaves)
             self._ensure_arenas(plan.arena)
 
     def _ensure_arenas(self, needed: dict[int, int]) -> None:
@@ -352,7 +361,8 @@ class GraphBackend:
             self._arena_size[device] = size
             self._books.set_graph(device, size, _A)
 
-    def _compute(self, family: Family, listed: Sequence[Tensor]) -> None:
+    def compute(self, family: Family, listed: Sequence[Tensor]) -> None:
+        """Plan and execute the family's graph; make the listed nodes readable."""
         for t in listed:
             if not isinstance(t, Tensor):
                 raise TypeError(f"compute: expected Tensors, got {type(t).__name__}")
@@ -360,12 +370,12 @@ class GraphBackend:
             if not family.graph:
                 return
             outputs = [t for t in listed if id(t) in family.in_graph and t._meta.n]
-            plan = self._plan(family, outputs)
+            ix, plan = self._plan(family, outputs)
             if plan.reads_weights and not self._loaded:
                 raise NotComputedError("compute: the graph reads weights before load() returned")
             self._ensure_arenas(plan.arena)
             try:
-                self._execute(plan)
+                self._execute(ix, plan)
                 for device in self.devices:
                     device.synchronize()
             except DeviceOutOfMemory as err:
@@ -374,12 +384,11 @@ class GraphBackend:
                 index = next((i for i, d in enumerate(self.devices) if d.name == err.device), 0)
                 self._books.set_graph(index, max(self._arena_size[index], err.requested), _F)
                 raise ErrNoMem(self._books.snapshot()) from err
-            for t in outputs:
-                root = t._root or t
-                if root._op is None:
+            for t, r in zip(outputs, ix.outputs, strict=True):
+                if r < 0:
                     t._readable = True
                     continue
-                ref = self._ref(plan, t, t._meta)
+                ref = self._window(ix, plan, t._meta, r)
                 assert ref.buffer is not None
                 start, stop = ref.span()
                 data = ref.buffer.read(start, stop - start)
@@ -387,42 +396,41 @@ class GraphBackend:
                 t._readable = True
                 family.results[id(t)] = t
 
-    def _base(self, plan: Plan, root: Tensor) -> tuple[Buffer, int]:
-        if root._op is None:
-            storage = root._storage
+    def _base(self, ix: GraphIndex, plan: Plan, r: int) -> tuple[Buffer, int]:
+        """Return the buffer and byte offset of storage root ``r``."""
+        if r < 0:
+            storage = ix.leaves[-1 - r]._storage
             assert storage is not None and storage.buffer is not None
             return storage.buffer, storage.offset
-        slot = plan.slots[id(root)]
+        slot = plan.slots[r]
         arena = self._arenas[slot.device]
         assert arena is not None
         return arena, slot.offset
 
-    def _ref(
-        self,
-        plan: Plan,
-        t: Tensor,
-        meta: Meta,
-        moved: dict[tuple[int, int, int], tuple[Buffer, int]] | None = None,
+    def _window(
+        self, ix: GraphIndex, plan: Plan, meta: Meta, r: int, moved: Step | None = None
     ) -> TensorRef:
+        """Return the ref of window ``meta`` of storage root ``r`` (or of its transferred copy)."""
         if meta.n == 0:
             arena = next(a for a in self._arenas if a is not None)
             return TensorRef(arena, 0, meta.ne, meta.nb, meta.dtype)
-        root = t._root or t
         if moved is not None:
             # The operand lives on another device: it was transferred (its exact span).
-            start, stop = TensorRef(None, meta.offset, meta.ne, meta.nb, meta.dtype).span()
-            buffer, slot_offset = moved[(id(root), start, stop)]
-            return TensorRef(
-                buffer, slot_offset + meta.offset - start, meta.ne, meta.nb, meta.dtype
-            )
-        buffer, base = self._base(plan, root)
+            assert moved.slot is not None
+            target = self._arenas[moved.device]
+            assert target is not None
+            offset = moved.slot.offset + meta.offset - moved.span[0]
+            return TensorRef(target, offset, meta.ne, meta.nb, meta.dtype)
+        buffer, base = self._base(ix, plan, r)
         return TensorRef(buffer, base + meta.offset, meta.ne, meta.nb, meta.dtype)
 
-    def _execute(self, plan: Plan) -> None:
+    def _execute(self, ix: GraphIndex, plan: Plan) -> None:
         batch: list[Node] = []
         batch_device = -1
-        # Per executing device: (root id, span start, span stop) -> (arena, slot offset).
-        moved: dict[int, dict[tuple[int, int, int], tuple[Buffer, int]]] = {}
+        steps = plan.steps
+
+        def moved(t: int) -> Step | None:
+            return steps[t] if t >= 0 else None
 
         def flush() -> None:
             nonlocal batch
@@ -431,39 +439,32 @@ class GraphBackend:
                 batch = []
 
         for step in plan.steps:
-            if step.transfer_root is not None:
+            if step.node < 0:
                 flush()
-                root = step.transfer_root
-                src_buffer, src_base = self._base(plan, root)
-                self.devices[self._loc(plan, root)].synchronize()
+                src_buffer, src_base = self._base(ix, plan, step.source)
+                src_device = plan.placement.where(step.source)
+                self.devices[src_device].synchronize()
                 start, stop = step.span
                 arena = self._arenas[step.device]
                 assert arena is not None and step.slot is not None
                 self._transfer(
-                    self._loc(plan, root),
+                    src_device,
                     step.device,
                     (src_buffer, src_base + start),
                     (arena, step.slot.offset),
                     stop - start,
                 )
-                key = (id(root), start, stop)
-                moved.setdefault(step.device, {})[key] = (arena, step.slot.offset)
                 continue
-            node = step.node
-            assert node is not None
+            i = step.node
+            node = ix.graph[i]
             if step.device != batch_device:
                 flush()
                 batch_device = step.device
-            here = moved.get(step.device)
             srcs = tuple(
-                None
-                if s is None
-                else self._ref(
-                    plan, s, s._meta, here if self._loc(plan, s) != step.device else None
-                )
-                for s in node._srcs
+                None if s is None else self._window(ix, plan, s._meta, r, moved(t))
+                for s, r, t in zip(node._srcs, ix.srcs[i], step.remote, strict=True)
             )
-            out = self._ref(plan, node, node._meta)
+            out = self._window(ix, plan, node._meta, ix.root[i])
             if OPS[node._op or ""].kind == "copy":
                 srcs = (srcs[0], out)
             batch.append(Node(node._op or "", out, srcs, node._params))
@@ -481,10 +482,3 @@ class GraphBackend:
         ):
             return
         target[0].write(target[1], source[0].read(source[1], n))
-
-    def _loc(self, plan: Plan, t: Tensor) -> int:
-        root = t._root or t
-        if root._op is None:
-            assert root._storage is not None
-            return root._storage.device
-        return plan.location[id(root)]

@@ -41,7 +41,7 @@ def _backend_config(ctx: Context, cache: Any) -> CacheConfig | None:
 
     backend = getattr(cache, "backend", None)
     if backend is None:
-        backend = ctx._family.backend
+        backend = ctx._family.executor
     return backend.cache_config() if isinstance(backend, BackendCacheConfig) else None
 
 
