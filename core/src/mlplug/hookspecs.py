@@ -23,11 +23,13 @@ __all__ = [
 
 @hookspec
 def mlplug_register_backends(registry: Any) -> None:
-    """Register this entry point's backend: call ``registry.register_backend(name, ...)`` once.
+    """Register this entry point's backend once (``name`` must be the entry point's name).
 
     Args:
-        registry: Has ``register_backend(name, factory, *, priority, probe, install_hint)``;
-            ``name`` must be the entry point's name.
+        registry: A :class:`mlplug.device.Registrar`: ``register_engine_plugin(plugin)`` for a
+            device plugin (what ``EnginePlugin.register`` calls), or
+            ``register_backend(name, factory, *, priority, probe, install_hint)`` for a plugin
+            that brings its own ``Backend``.
     """
 
 

@@ -32,16 +32,16 @@ def test_descriptor_fields() -> None:
 
 
 def test_hook_registers_the_cpu_backend() -> None:
-    calls: list[tuple[Any, ...]] = []
+    calls: list[Any] = []
 
     class Registry:
-        def register_backend(self, name: str, factory: Any, **kwargs: Any) -> None:
-            calls.append((name, factory, kwargs))
+        def register_engine_plugin(self, p: Any) -> None:
+            calls.append(p)
 
     plugin.mlplug_register_backends(Registry())  # type: ignore[arg-type]
-    [(name, factory, kwargs)] = calls
-    assert name == "cpu" and callable(factory)
-    assert kwargs["priority"] == 0 and kwargs["install_hint"] == 'pip install "mlplug[cpu]"'
+    [p] = calls
+    assert p is plugin.PLUGIN and p.name == "cpu"
+    assert p.priority == 0 and p.install_hint == 'pip install "mlplug[cpu]"'
 
 
 def test_every_op_has_a_kernel_and_is_supported() -> None:

@@ -31,15 +31,16 @@ def test_descriptor_fields() -> None:
 
 
 def test_hook_registers_the_metal_backend() -> None:
-    calls: list[tuple[Any, ...]] = []
+    calls: list[Any] = []
 
     class Registry:
-        def register_backend(self, name: str, factory: Any, **kwargs: Any) -> None:
-            calls.append((name, factory, kwargs))
+        def register_engine_plugin(self, p: Any) -> None:
+            calls.append(p)
 
     plugin.mlplug_register_backends(Registry())  # type: ignore[arg-type]
-    [(name, factory, kwargs)] = calls
-    assert name == "metal" and callable(factory) and kwargs["priority"] == 90
+    [p] = calls
+    assert p is plugin.PLUGIN and p.name == "metal"
+    assert p.priority == 90
 
 
 @pytest.mark.parametrize(
