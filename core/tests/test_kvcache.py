@@ -384,8 +384,8 @@ def test_cache_full(ctx: mlplug.Context, backend: mlplug.Backend) -> None:
     k, v = kv(ctx, [3, 4], [0, 0], 4, 2)
     with pytest.raises(RuntimeError, match="start_forward"):
         c.put(ctx, k, v)  # the failed batch has no cells
-    with pytest.raises(CacheFullError):
-        c.start_forward(ctx, Batch(tuple(range(5)), (1,) * 5))
+    with pytest.raises(ValueError, match="max_batch"):  # refused before looking for cells
+        c.start_forward(ctx, Batch(tuple(range(5)), (0,) * 5))
 
 
 @pytest.mark.parametrize("permuted", [False, True])
@@ -400,7 +400,7 @@ def test_defragmentation_keeps_values_and_positions(
     c.remove(1, 0)  # frees cells 2, 3, 4 and 7
     assert [bool(s) for _, s in c.cells()] == [True, True, False, False, False, True, True, False]
     # Four free cells but no run of 4: defragmentation moves cells 5, 6 to 2, 3.
-    assert step(backend, c, [0, 1, 2, 3], [2, 2, 2, 2]) == [
+    assert step(backend, c, [0, 1, 2, 3], [1, 1, 1, 1]) == [
         "0 x x x",
         "0 0 x x",
         "0 0 0 x",
@@ -408,8 +408,8 @@ def test_defragmentation_keeps_values_and_positions(
     ]
     assert c.loc == 4
     got = [(p, set(s)) for p, s in c.cells()]
-    assert got == [(0, {0}), (1, {0}), (2, {0}), (3, {0}), (0, {2}), (1, {2}), (2, {2}), (3, {2})]
-    c.remove(2, 0)
+    assert got == [(0, {0}), (1, {0}), (2, {0}), (3, {0}), (0, {1}), (1, {1}), (2, {1}), (3, {1})]
+    c.remove(1, 0)
     assert step(backend, c, [4], [0]) == ["0 0 0 0 0"]
     k, v = read_kv(backend, c)
     expected = token_values([0, 1, 2, 3, 4], [0] * 5, 4, 2)
@@ -472,7 +472,8 @@ def keys_by_position(backend: mlplug.Backend, c: Causal, positions: list[int]) -
 def test_remove_with_shift(ctx: mlplug.Context, backend: mlplug.Backend) -> None:
     shift = RecordingShift()
     c = cache(backend, shift=shift, capacity=8, max_batch=2)
-    keys_by_position(backend, c, [0, 1, 2, 3, 4, 5])
+    for first in (0, 2, 4):  # batches of max_batch tokens
+        keys_by_position(backend, c, [first, first + 1])
     c.remove(0, 1, 3)
     assert [(p, set(s)) for p, s in c.cells()[:6]] == [
         (0, {0}),
@@ -701,3 +702,31 @@ def test_kvcache_import_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("positions", "sequences", "match"),
+    [
+        (tuple(range(5)), (0,) * 5, "max_batch"),
+        ((4,), (2,), "sequence id 2 outside 0..1"),
+        ((4,), (-1,), "sequence id -1"),
+        ((-1,), (0,), "negative position -1"),
+        ((1,), (0,), "sequence 0 already holds position 1"),
+        ((5, 5), (1, 1), "position 5 twice"),
+    ],
+)
+def test_start_forward_refuses_batches_the_cache_cannot_take(
+    ctx: mlplug.Context,
+    backend: mlplug.Backend,
+    positions: tuple[int, ...],
+    sequences: tuple[int, ...],
+    match: str,
+) -> None:
+    c = cache(backend, max_sequences=2, capacity=8, max_batch=4)
+    step(backend, c, [0, 1, 2])
+    before = c.cells()
+    with pytest.raises(ValueError, match=match):
+        c.start_forward(ctx, Batch(positions, sequences))
+    assert c.cells() == before  # nothing changed
+    step(backend, c, [3], [0])  # and the cache still works
+    step(backend, c, [1], [1])  # another sequence may hold the same position

@@ -113,6 +113,29 @@ class Cells:
                     self.release(c, s)
                 self._tighten(s)
 
+    def held_positions(self, sequences: list[int], positions: list[int]) -> tuple[int, int] | None:
+        """Return a ``(seq, pos)`` of the batch that a cell already holds, or ``None``.
+
+        (Window expiry never releases such a cell: it drops positions below the batch's.)
+        """
+        import numpy as np
+
+        wanted: dict[int, list[int]] = {}
+        for s, p in zip(sequences, positions, strict=True):
+            wanted.setdefault(s, []).append(p)
+        all_pos = np.frombuffer(self.pos, dtype=np.int64)
+        for s, ps in wanted.items():
+            rng = self.ranges.get(s)
+            if rng is None:
+                continue
+            lo, hi = rng
+            held = np.frombuffer(self.member[s], dtype=np.bool_)[lo : hi + 1]
+            stored = all_pos[lo : hi + 1][held]
+            clash = np.isin(np.array(ps, dtype=np.int64), stored)
+            if clash.any():
+                return s, ps[int(np.flatnonzero(clash)[0])]
+        return None
+
     def find_slot(self, b: int) -> int | None:
         """Return the start of the first run of ``b`` free cells, or ``None``."""
         seqs = self.seqs

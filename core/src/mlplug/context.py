@@ -6,6 +6,7 @@ it form one *family*: one graph, one node capacity, one set of buffers, closed t
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from mlplug.executor import GraphExecutor, Role
 
 __all__ = ["Context", "Family"]
+
+_MAX_BYTES = 2**63 - 1  # the largest tensor: sizes and byte offsets are int64
 
 
 class Family:
@@ -133,6 +136,14 @@ class Context(ContextOps):
             raise ShapeError(
                 f"{what}: ne0 ({extents[0]}) must be a multiple of {dtype.block_size} "
                 f"for {dtype.name}"
+            )
+        nbytes = dtype.nbytes(math.prod(extents))
+        if nbytes > _MAX_BYTES:
+            # Sizes and offsets are int64 on every device (ggml's too); numpy would fail with
+            # its own error, a C device would wrap.
+            raise ShapeError(
+                f"{what}: shape {extents} of {dtype.name} needs {nbytes} bytes, more than the "
+                f"{_MAX_BYTES} a tensor can hold"
             )
         return Meta.fresh(dtype, normalize(extents))
 

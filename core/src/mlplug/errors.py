@@ -59,14 +59,24 @@ class UnsupportedOpError(MlplugError, NotImplementedError):
 
 
 class ErrNoMem(MlplugError, MemoryError):
-    """An allocation failed; ``memory`` is the bookkeeping snapshot at the failure."""
+    """An allocation failed; ``memory`` is the bookkeeping snapshot at the failure.
 
-    def __init__(self, memory: BackendMemory) -> None:
+    ``failed`` says which allocation failed (device, what, bytes asked and free). When the
+    failed allocation has no entry in the report (an ``input()`` tensor, §7.2), it is appended
+    to the message, so the error never shows an empty report alone.
+    """
+
+    def __init__(self, memory: BackendMemory, failed: str = "", in_report: bool = True) -> None:
         self.memory = memory
-        super().__init__(f"insufficient memory - required allocations: {memory}")
+        self.failed = failed
+        self.in_report = in_report
+        message = f"insufficient memory - required allocations: {memory}"
+        if failed and not in_report:
+            message += f" (failed: {failed})"
+        super().__init__(message)
 
-    def __reduce__(self) -> tuple[type[ErrNoMem], tuple[BackendMemory]]:
-        return (type(self), (self.memory,))
+    def __reduce__(self) -> tuple[type[ErrNoMem], tuple[BackendMemory, str, bool]]:
+        return (type(self), (self.memory, self.failed, self.in_report))
 
 
 class BackendNotFoundError(MlplugError, LookupError):

@@ -97,6 +97,7 @@ class Causal:
         "_loc",
         "_mask",
         "_max_batch",
+        "_max_seqs",
         "_range",
         "_reserve",
         "_shift",
@@ -123,6 +124,7 @@ class Causal:
         self._backend: Backend | None = None
         self._dtype = DType.F32
         self._max_batch = 0
+        self._max_seqs = 0
         self._cells = Cells(0)
         self._ctxs: dict[int, Context] = {}
         self._keys: dict[int, Tensor] = {}
@@ -213,6 +215,7 @@ class Causal:
         self._backend = backend
         self._dtype = dtype
         self._max_batch = max_batch
+        self._max_seqs = max_sequences
         self._cells = Cells(_roundup(n, config.cache_padding))
 
     @property
@@ -285,7 +288,10 @@ class Causal:
 
         Raises:
             CacheFullError: No run of ``B`` free cells, even after defragmentation.
-            ValueError: ``positions`` and ``sequences`` differ in length, or the batch is empty.
+            ValueError: ``positions`` and ``sequences`` differ in length; the batch is empty or
+                larger than ``max_batch``; a sequence id outside ``0 … max_sequences - 1``; a
+                negative position; a position the sequence already holds (in the cache or
+                twice in the batch). Nothing is changed then.
         """
         config, _ = self._ready("start_forward")
         positions = [operator.index(p) for p in batch.positions]
@@ -295,6 +301,7 @@ class Causal:
             raise ValueError(f"Causal.start_forward: {b} positions but {len(sequences)} sequences")
         if b == 0:
             raise ValueError("Causal.start_forward: empty batch")
+        self._check_batch(positions, sequences, reserve)
         self._except = frozenset()
         self._mask = None
         self._batch = ([], [])  # until placed: put/get refuse to run after a failed batch
@@ -321,6 +328,36 @@ class Causal:
         self._loc = loc
         self._range = cell_range
         self._mask = self._build_mask(ctx, "start_forward")
+
+    def _check_batch(self, positions: list[int], sequences: list[int], reserve: bool) -> None:
+        """Refuse a batch the cache was not sized for, or one that contradicts its contents."""
+        what = "Causal.start_forward"
+        if len(positions) > self._max_batch:
+            raise ValueError(
+                f"{what}: batch of {len(positions)} tokens, more than max_batch "
+                f"({self._max_batch}) given to init"
+            )
+        bad_seq = next((s for s in sequences if not 0 <= s < self._max_seqs), None)
+        if bad_seq is not None:
+            raise ValueError(
+                f"{what}: sequence id {bad_seq} outside 0..{self._max_seqs - 1} "
+                f"(max_sequences = {self._max_seqs})"
+            )
+        bad_pos = next((p for p in positions if p < 0), None)
+        if bad_pos is not None:
+            raise ValueError(f"{what}: negative position {bad_pos}")
+        if reserve:
+            return
+        seen: set[tuple[int, int]] = set()
+        for token in zip(sequences, positions, strict=True):
+            if token in seen:
+                raise ValueError(f"{what}: sequence {token[0]} has position {token[1]} twice")
+            seen.add(token)
+        held = self._cells.held_positions(sequences, positions)
+        if held is not None:
+            raise ValueError(
+                f"{what}: sequence {held[0]} already holds position {held[1]} (remove it first)"
+            )
 
     def _build_mask(self, ctx: Context, what: str) -> Tensor:
         config, _ = self._ready(what)

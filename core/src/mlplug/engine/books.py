@@ -24,7 +24,7 @@ def round_up(n: int, alignment: int) -> int:
 class Books:
     """Mutable per-device, per-layer accounting. Device 0 is the CPU."""
 
-    __slots__ = ("cache", "graph", "ids", "input_weights", "names", "weights")
+    __slots__ = ("cache", "cache_failed", "graph", "ids", "input_weights", "names", "weights")
 
     def __init__(self, names: Sequence[str], ids: Sequence[str], blocks: int) -> None:
         self.names = list(names)
@@ -33,6 +33,7 @@ class Books:
         self.input_weights: list = [0, _U]
         self.weights = [[[0, _U] for _ in range(blocks + 1)] for _ in range(n)]
         self.cache = [[[0, _U] for _ in range(blocks + 1)] for _ in range(n)]
+        self.cache_failed = [[0] * (blocks + 1) for _ in range(n)]  # failed bytes in cache[d][i]
         self.graph: list[list] = [[0, _U] for _ in range(n)]
 
     # -- weights (set once, at construction) ------------------------------------------------
@@ -55,17 +56,31 @@ class Books:
     # -- cache (buffer tensors made through ctx.layer(i)) -----------------------------------
 
     def add_cache(self, device: int, layer: int, size: int, status: AllocationStatus) -> None:
-        """Count a layer buffer's attempted size; ``status`` is what the attempt gave."""
+        """Count a layer buffer's attempted size; ``status`` is what the attempt gave.
+
+        A failed attempt stays counted (and the entry ``FAILED``) until :meth:`release_cache`
+        uncounts it, when the context family that tried it is closed.
+        """
         entry = self.cache[device][layer]
         entry[0] += size
         entry[1] = status
+        if status == _F:
+            self.cache_failed[device][layer] += size
 
-    def release_cache(self, device: int, layer: int, size: int) -> None:
-        """Uncount a freed layer buffer (its family was closed)."""
+    def release_cache(self, device: int, layer: int, size: int, failed: bool = False) -> None:
+        """Uncount a layer buffer (or a failed attempt) whose family was closed.
+
+        The entry then holds what is really allocated: ``UNALLOCATED`` at 0, ``ALLOCATED`` once
+        no failed attempt is counted in it any more.
+        """
         entry = self.cache[device][layer]
         entry[0] = max(0, entry[0] - size)
+        if failed:
+            self.cache_failed[device][layer] = max(0, self.cache_failed[device][layer] - size)
         if entry[0] == 0:
             entry[1] = _U
+        elif not self.cache_failed[device][layer]:
+            entry[1] = _A
 
     # -- graph ----------------------------------------------------------------------------------
 

@@ -94,29 +94,31 @@ class GraphBackend:
         self._loaded = model_path is None
         self.blocks = 0
         self._config: Config | None = None
-        if model_path is not None:
-            from .weights import Model
-
-            self._model = Model.open(model_path)
-            self._config = self._model.config
-            self.blocks = self._model.blocks
-        splits = (
-            normalized_splits(params.tensor_split, [d.free_memory() for d in devices[1:]])
-            if self.n_gpus
-            else []
-        )
-        gpu_of_layer = layer_devices(
-            self.blocks, params.num_gpu_layers, self.n_gpus, params.main_gpu, splits
-        )
-        self._layer_device = [0 if g is None else g + 1 for g in gpu_of_layer]
-        self._books = Books([d.name for d in devices], [d.id for d in devices], self.blocks)
         self._weights: dict[str, Tensor] = {}
-        if self._model is not None:
-            try:
+        try:
+            if model_path is not None:
+                from .weights import Model
+
+                self._model = Model.open(model_path)
+                self._config = self._model.config
+                self.blocks = self._model.blocks
+            splits = (
+                normalized_splits(params.tensor_split, [d.free_memory() for d in devices[1:]])
+                if self.n_gpus
+                else []
+            )
+            gpu_of_layer = layer_devices(
+                self.blocks, params.num_gpu_layers, self.n_gpus, params.main_gpu, splits
+            )
+            self._layer_device = [0 if g is None else g + 1 for g in gpu_of_layer]
+            self._books = Books([d.name for d in devices], [d.id for d in devices], self.blocks)
+            if self._model is not None:
                 self._model.allocate(self)
-            except BaseException:
-                self._free_everything()
-                raise
+        except BaseException:
+            # Free the file map and every buffer now, not when the garbage collector finds
+            # this half-built backend (it is a reference cycle with its weight family).
+            self._free_everything()
+            raise
 
     # -- public Backend API ---------------------------------------------------------------------
 
@@ -214,8 +216,14 @@ class GraphBackend:
     def _free_everything(self) -> None:
         for family in list(self._families):
             self.close_family(family)
+        self._families = weakref.WeakSet()
         if self._model is not None:
             self._model.free(self)
+            # The backend is a reference cycle (its weight family points back at it): drop the
+            # weights and the metadata now, so that they go at once rather than with the cycle.
+            self._model = None
+        self._config = None
+        self._weights = {}
         for i, arena in enumerate(self._arenas):
             if arena is not None:
                 arena.free()
@@ -248,7 +256,12 @@ class GraphBackend:
             except DeviceOutOfMemory as err:
                 if counted is not None:
                     self._books.add_cache(device, counted, accounted, _F)
-                raise ErrNoMem(self._books.snapshot()) from err
+                    # The failed attempt stays counted until the family closes (§7.2): kept as
+                    # a storage without buffer, so that closing the family uncounts it.
+                    family.buffers.append((Storage(device, None, 0, nbytes), counted, accounted))
+                what = f"layer {counted} buffer" if counted is not None else f"{role} tensor"
+                failed = f"{what} {meta.dtype.name}{list(meta.ne)}: {err}"
+                raise ErrNoMem(self._books.snapshot(), failed, counted is not None) from err
         if counted is not None and accounted:
             self._books.add_cache(device, counted, accounted, _A)
         storage = Storage(device, buffer, 0, nbytes)
@@ -268,11 +281,12 @@ class GraphBackend:
             return
         family.closed = True
         for storage, layer, accounted in family.buffers:
+            failed = storage.buffer is None  # a failed attempt (a counted size has a buffer)
             if storage.buffer is not None:
                 storage.buffer.free()
                 storage.buffer = None
             if layer is not None and accounted:
-                self._books.release_cache(storage.device, layer, accounted)
+                self._books.release_cache(storage.device, layer, accounted, failed)
         family.buffers.clear()
         for t in family.results.values():
             t._result = None
@@ -357,7 +371,7 @@ class GraphBackend:
                     planned = round_up(needed.get(later, 0), self.devices[later].alignment)
                     if planned > self._arena_size[later]:
                         self._books.set_graph(later, planned, _U)
-                raise ErrNoMem(self._books.snapshot()) from err
+                raise ErrNoMem(self._books.snapshot(), f"compute graph: {err}") from err
             self._arena_size[device] = size
             self._books.set_graph(device, size, _A)
 
@@ -383,7 +397,7 @@ class GraphBackend:
                 # graph memory of that device having failed.
                 index = next((i for i, d in enumerate(self.devices) if d.name == err.device), 0)
                 self._books.set_graph(index, max(self._arena_size[index], err.requested), _F)
-                raise ErrNoMem(self._books.snapshot()) from err
+                raise ErrNoMem(self._books.snapshot(), f"compute graph: {err}") from err
             for t, r in zip(outputs, ix.outputs, strict=True):
                 if r < 0:
                     t._readable = True

@@ -170,7 +170,7 @@ class Model:
                 books.mark_weights(device, AllocationStatus.FAILED)
                 snapshot = books.snapshot()
                 self.free(backend)
-                raise ErrNoMem(snapshot) from err
+                raise ErrNoMem(snapshot, f"weights: {err}") from err
             books.mark_weights(device, AllocationStatus.ALLOCATED)
         for w in self.weights:
             meta = Meta.fresh(w.info.dtype, w.info.ne)

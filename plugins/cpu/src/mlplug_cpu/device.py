@@ -198,7 +198,7 @@ class CpuDevice:
             self._allocated += nbytes
         try:
             buffer = CpuBuffer(self, nbytes)
-        except MemoryError as err:
+        except (MemoryError, ValueError) as err:  # ValueError: past numpy's largest array
             self._give_back(nbytes)
             raise DeviceOutOfMemory(self.name, nbytes, self.free_memory()) from err
         self._buffers.add(buffer)
