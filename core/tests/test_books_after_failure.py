@@ -12,6 +12,7 @@ import pytest
 import mlplug
 from mlplug import AllocationStatus, DType, ErrNoMem, ShapeError
 from mlplug.config import Config
+from mlplug.engine import EngineFactory
 from mlplug.gguf import GGUFFile
 from mlplug.kvcache import Batch, Causal
 from mlplug_conformance import synth
@@ -54,7 +55,7 @@ def fill_cache(backend: mlplug.Backend, cache: Causal, n: int) -> None:
 
 def test_kv_cache_oom_then_close_leaves_nothing_in_the_books() -> None:
     plugin, devices = toy_plugin(1, gpu_cap=1 << 20)
-    backend = plugin.factory(None, mlplug.BackendParams(num_gpu_layers=1))
+    backend = EngineFactory(plugin)(None, mlplug.BackendParams(num_gpu_layers=1))
     big = Causal()
     big.set_config(mlplug.CacheConfig())
     big.init(backend, DType.F32, 1, 300, 4)  # K fits (600 KiB), V does not
@@ -81,7 +82,7 @@ def test_kv_cache_oom_then_close_leaves_nothing_in_the_books() -> None:
 
 def test_failed_buffer_counts_until_its_family_closes() -> None:
     plugin, devices = toy_plugin(1, gpu_cap=1024)
-    backend = plugin.factory(None, mlplug.BackendParams(num_gpu_layers=1))
+    backend = EngineFactory(plugin)(None, mlplug.BackendParams(num_gpu_layers=1))
     ctx = backend.new_context()
     ctx.layer(0).zeros(DType.F32, 64)  # 256 bytes
     with pytest.raises(ErrNoMem):
@@ -100,7 +101,7 @@ def test_failed_buffer_counts_until_its_family_closes() -> None:
 
 def test_oom_on_an_input_tensor_names_what_failed() -> None:
     plugin, _ = toy_plugin(0, cpu_cap=1 << 20)
-    backend = plugin.factory(None, mlplug.BackendParams())
+    backend = EngineFactory(plugin)(None, mlplug.BackendParams())
     ctx = backend.new_context()
     with pytest.raises(ErrNoMem) as info:
         ctx.input().zeros(DType.F32, 1 << 20)  # 4 MiB; inputs have no entry in the report
@@ -132,7 +133,7 @@ def test_failed_new_backend_frees_everything_at_once(tmp_path: Path) -> None:
     )
     plugin, devices = toy_plugin(1, cpu_cap=4096, gpu_cap=1 << 30)
     with pytest.raises(ErrNoMem):  # the GPU allocates, then the CPU fails
-        plugin.factory(str(path), mlplug.BackendParams(num_gpu_layers=1))
+        EngineFactory(plugin)(str(path), mlplug.BackendParams(num_gpu_layers=1))
     assert [d.used for d in devices] == [0, 0]
     left = [o for o in cyclic_garbage() if isinstance(o, (Config, GGUFFile, ToyBuffer))]
     assert left == []
@@ -140,7 +141,7 @@ def test_failed_new_backend_frees_everything_at_once(tmp_path: Path) -> None:
     bad.write_bytes(path.read_bytes())
     synth.set_tensor_type(bad, "blk.1.attn_q.weight", 200)
     with pytest.raises(mlplug.GGUFError):
-        plugin.factory(str(bad), mlplug.BackendParams())
+        EngineFactory(plugin)(str(bad), mlplug.BackendParams())
     assert [o for o in cyclic_garbage() if isinstance(o, (Config, GGUFFile))] == []
 
 
@@ -150,7 +151,7 @@ def test_closed_backend_drops_weights_and_metadata_at_once(tmp_path: Path) -> No
         tmp_path / "m.gguf", n_layers=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=96, n_vocab=40
     )
     plugin, devices = toy_plugin(0)
-    backend = plugin.factory(str(path), mlplug.BackendParams())
+    backend = EngineFactory(plugin)(str(path), mlplug.BackendParams())
     backend.close()
     del backend
     assert devices[0].used == 0
