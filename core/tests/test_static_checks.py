@@ -1,4 +1,4 @@
-"""Static checks the style guide asks for: mypy on core, plugins and conformance; import-linter."""
+"""Static checks the style guide asks for: strict mypy on every tree, ruff, import-linter."""
 
 from __future__ import annotations
 
@@ -43,6 +43,19 @@ def test_mypy_on_plugins_and_conformance(tree: str) -> None:
 def test_import_contracts() -> None:
     lint = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
     if not Path(lint).exists():
-        pytest.skip("import-linter is not installed")
+        pytest.fail("import-linter is not installed (it is in the dev extra)")
     out = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _ruff() -> str:
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.fail("ruff is not installed (it is in the dev extra)")
+    return ruff
+
+
+@pytest.mark.parametrize("args", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff(args: list[str]) -> None:
+    out = subprocess.run([_ruff(), *args, "."], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

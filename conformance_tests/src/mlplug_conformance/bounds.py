@@ -67,7 +67,8 @@ def element_bound(
         return np.zeros(exact.shape)
     with np.errstate(all="ignore"):
         if tol.reduction:
-            scale = _SCALES.get(op, _linear)(op, srcs, params, meta, exact, eps)
+            scale_of: Callable[..., np.ndarray] = _SCALES.get(op, _linear)
+            scale = scale_of(op, srcs, params, meta, exact, eps)
         else:
             scale = np.abs(exact)
         bound = tol.eps_mult * eps * np.broadcast_to(scale, exact.shape) + tol.abs_eps * eps
@@ -83,7 +84,7 @@ def _k(op: str, srcs: Sequence[np.ndarray | None], params: Mapping[str, Any]) ->
         return int(np.prod(a.shape[1:]))
     if op == "avg_pool_2d":
         return int(params["k"]) ** 2
-    return a.shape[-1]
+    return int(a.shape[-1])
 
 
 def _linear(
@@ -95,7 +96,7 @@ def _linear(
     eps: float,
 ) -> np.ndarray:
     magnitude = evaluate(op, [None if s is None else np.abs(s) for s in srcs], params, meta)
-    return magnitude * np.sqrt(max(_k(op, srcs, params), 1))
+    return np.asarray(magnitude * np.sqrt(max(_k(op, srcs, params), 1)))
 
 
 def _row_stats(srcs: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -118,7 +119,7 @@ def _softmax(
     x, _, k = _row_stats(srcs)
     spread = np.abs(x - x.max(axis=-1, keepdims=True)) if x.size else x
     spread = np.where(np.isfinite(spread), spread, 0.0)
-    return np.abs(exact) * (np.sqrt(k) + spread)
+    return np.asarray(np.abs(exact) * (np.sqrt(k) + spread))
 
 
 def _rms_norm(
@@ -130,7 +131,7 @@ def _rms_norm(
     eps: float,
 ) -> np.ndarray:
     _, _, k = _row_stats(srcs)
-    return np.abs(exact) * (np.sqrt(k) + 2)
+    return np.asarray(np.abs(exact) * (np.sqrt(k) + 2))
 
 
 def _tiled_abs(t: np.ndarray | None, shape: tuple[int, ...], default: float) -> np.ndarray:
@@ -158,7 +159,7 @@ def _layer_norm(
     )
     mean_abs = np.abs(x).mean(axis=-1, keepdims=True) if x.shape[-1] else mu
     centred = np.sqrt(k) * (mean_abs + np.abs(x) + np.abs(x - mu)) / sigma
-    return centred * _tiled_abs(w, x.shape, 1.0) + _tiled_abs(b, x.shape, 0.0)
+    return np.asarray(centred * _tiled_abs(w, x.shape, 1.0) + _tiled_abs(b, x.shape, 0.0))
 
 
 def _variance_scale(srcs: Sequence[np.ndarray | None]) -> np.ndarray:
@@ -166,7 +167,7 @@ def _variance_scale(srcs: Sequence[np.ndarray | None]) -> np.ndarray:
     x, mu, k = _row_stats(srcs)
     if not x.shape[-1]:
         return np.zeros(mu.shape)
-    return np.sqrt(k) * ((np.abs(x) + np.abs(mu)) ** 2).mean(axis=-1, keepdims=True)
+    return np.asarray(np.sqrt(k) * ((np.abs(x) + np.abs(mu)) ** 2).mean(axis=-1, keepdims=True))
 
 
 def _variance(
@@ -192,7 +193,7 @@ def _stddev(
     var_scale = _variance_scale(srcs)
     tol = OPS["stddev"].tolerance
     floor = np.sqrt(tol.eps_mult * eps * var_scale)
-    return var_scale / (2 * np.maximum(np.abs(exact), np.maximum(floor, 1e-300)))
+    return np.asarray(var_scale / (2 * np.maximum(np.abs(exact), np.maximum(floor, 1e-300))))
 
 
 def _attention(
@@ -218,7 +219,7 @@ def _attention(
     score_part = 2 * (
         np.einsum("htl,hld->thd", shifted, v) + np.abs(exact[0]) * shifted.sum(axis=-1).T[..., None]
     )
-    return (np.sqrt(length) * weighted + score_part)[None]
+    return np.asarray((np.sqrt(length) * weighted + score_part)[None])
 
 
 _SCALES: dict[str, Callable[..., np.ndarray]] = {

@@ -86,9 +86,10 @@ def _environment(values: dict[str, str] | None) -> Iterator[None]:
 def _settings(
     backend: str, gpus: int, gpu_memory: int | None = None, cpu_memory: int | None = None
 ) -> dict[str, str] | None:
-    return registry.hook().mlplug_memory_settings(
+    settings: dict[str, str] | None = registry.hook().mlplug_memory_settings(
         backend=backend, gpus=gpus, gpu_memory=gpu_memory, cpu_memory=cpu_memory
     )
+    return settings
 
 
 def expected_layers(

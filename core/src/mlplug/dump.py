@@ -97,8 +97,10 @@ def _read(t: Tensor, integer: bool) -> Sequence[float] | Sequence[int]:
     # numpy() keeps integer dtypes exact (I64 values do not survive a trip through F32); its
     # C-order ravel is the logical ggml order (dim 0 fastest).
     if integer:
-        return t.numpy().reshape(-1).tolist()  # type: ignore[no-any-return]
-    return t.floats().tolist()  # type: ignore[no-any-return]
+        ids: list[int] = t.numpy().reshape(-1).tolist()
+        return ids
+    floats: list[float] = t.floats().tolist()
+    return floats
 
 
 def _check_options(precision: int, threshold: int, edge_items: int) -> None:

@@ -149,7 +149,7 @@ def _normalise_metadata(
                 return None
 
         return get
-    return meta.get  # type: ignore[return-value]
+    return meta.get
 
 
 def _text(value: object) -> str:
@@ -161,7 +161,8 @@ def _seq(value: object) -> list[Any] | None:
         return None
     if isinstance(value, str | bytes):
         raise ValueError(f"[tokenizer] expected an array, got {type(value).__name__}")
-    return list(value)  # type: ignore[call-overload]
+    items: list[Any] = list(value)  # type: ignore[call-overload]
+    return items
 
 
 def _token_type(value: int) -> TokenType:

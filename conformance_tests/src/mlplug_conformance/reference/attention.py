@@ -24,7 +24,8 @@ def value_heads(value: np.ndarray, permuted_v: bool) -> np.ndarray:
     """Return V as ``(Hkv, L, Dv)`` from either value layout (numpy-order 4-D input)."""
     v = values(value)[0]
     # standard [Dv, Hkv, L] is numpy (L, Hkv, Dv); permuted [L, Dv, Hkv] is numpy (Hkv, Dv, L)
-    return v.transpose(1, 0, 2) if not permuted_v else v.transpose(0, 2, 1)
+    heads: np.ndarray = v.transpose(1, 0, 2) if not permuted_v else v.transpose(0, 2, 1)
+    return heads
 
 
 def scores(query: np.ndarray, key: np.ndarray, mask: np.ndarray | None, scale: float) -> np.ndarray:
@@ -37,7 +38,8 @@ def scores(query: np.ndarray, key: np.ndarray, mask: np.ndarray | None, scale: f
     s = scale * np.einsum("hld,thd->htl", kh, q)
     if mask is not None:
         s = s + values(mask)[0, 0, :tokens][None]  # (T, L) rows t < T
-    return s
+    out: np.ndarray = s
+    return out
 
 
 def _attention(srcs: Sequence[np.ndarray | None], params: Mapping[str, Any], out: Meta) -> Any:

@@ -19,7 +19,8 @@ _GELU_C = 0.7978845608
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """Return the tanh-approximated GELU ``0.5·x·(1 + tanh(0.7978845608·x·(1 + 0.044715·x²)))``."""
-    return 0.5 * x * (1.0 + np.tanh(_GELU_C * x * (1.0 + 0.044715 * x * x)))
+    out: np.ndarray = 0.5 * x * (1.0 + np.tanh(_GELU_C * x * (1.0 + 0.044715 * x * x)))
+    return out
 
 
 _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {

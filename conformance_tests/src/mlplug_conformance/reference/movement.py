@@ -63,7 +63,8 @@ def window(
             f"[reference] window ne={list(ne)} nb={list(nb)} offset={offset} addresses elements "
             f"outside the {flat.size} the receiver holds"
         )
-    return flat[idx]
+    picked: np.ndarray = flat[idx]
+    return picked
 
 
 def _src(srcs: Sequence[np.ndarray | None], i: int = 0) -> np.ndarray:

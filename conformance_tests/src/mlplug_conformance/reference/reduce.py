@@ -23,7 +23,8 @@ def softmax(x: np.ndarray) -> np.ndarray:
     if x.shape[-1] == 0:
         return x.copy()
     e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
 
 
 def _mean(x: np.ndarray) -> np.ndarray:

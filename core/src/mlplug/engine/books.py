@@ -8,6 +8,7 @@ engine calls these methods at each allocation it attempts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from mlplug.memory import AllocationStatus, BackendMemory, DeviceMemory, Memory
 
@@ -30,11 +31,11 @@ class Books:
         self.names = list(names)
         self.ids = list(ids)
         n = len(names)
-        self.input_weights: list = [0, _U]
+        self.input_weights: list[Any] = [0, _U]
         self.weights = [[[0, _U] for _ in range(blocks + 1)] for _ in range(n)]
         self.cache = [[[0, _U] for _ in range(blocks + 1)] for _ in range(n)]
         self.cache_failed = [[0] * (blocks + 1) for _ in range(n)]  # failed bytes in cache[d][i]
-        self.graph: list[list] = [[0, _U] for _ in range(n)]
+        self.graph: list[list[Any]] = [[0, _U] for _ in range(n)]
 
     # -- weights (set once, at construction) ------------------------------------------------
 
@@ -94,7 +95,7 @@ class Books:
     def snapshot(self) -> BackendMemory:
         """Return an immutable ``BackendMemory`` of the current books."""
 
-        def mem(entry: list) -> Memory:
+        def mem(entry: list[Any]) -> Memory:
             return Memory(entry[0], entry[1] if entry[0] else _U)
 
         devices = [

@@ -104,7 +104,8 @@ _HALF, _ONE = np.float32(0.5), np.float32(1.0)
 def _gelu(x: np.ndarray) -> np.ndarray:
     # The tanh form of SEMANTICS §5.3 (not the erf form).
     inner = np.float32(0.7978845608) * x * (_ONE + np.float32(0.044715) * x * x)
-    return _HALF * x * (_ONE + np.tanh(inner))
+    out: np.ndarray = _HALF * x * (_ONE + np.tanh(inner))
+    return out
 
 
 UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {

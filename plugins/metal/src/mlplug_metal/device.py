@@ -252,7 +252,7 @@ class MlxDevice:
                     raise NotImplementedError(self.unsupported(node) or node.op)
                 kernel(node)
             if self._pending:
-                mx.async_eval(*self._pending)
+                mx.async_eval(*self._pending)  # type: ignore[no-untyped-call]
 
     def synchronize(self) -> None:
         """Wait until every result written so far is computed.
