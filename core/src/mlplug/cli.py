@@ -154,6 +154,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run.run(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mlplug.serve import command
+
+    return command.serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser, with the subcommands plugins add."""
     parser = argparse.ArgumentParser(prog="mlplug", description=__doc__.splitlines()[0])
@@ -190,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="largest prompt batch")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible server (needs mlplug[serve])")
+    # The options live with the command; importing it loads no server library.
+    from mlplug.serve.command import add_arguments as add_serve_arguments
+
+    add_serve_arguments(p)
+    p.set_defaults(func=_cmd_serve)
 
     registry.hook().mlplug_add_commands(subparsers=sub)
     return parser

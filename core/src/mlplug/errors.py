@@ -25,6 +25,7 @@ __all__ = [
     "LoadCancelledError",
     "MlplugError",
     "NotComputedError",
+    "RequestError",
     "ShapeError",
     "UnsupportedOpError",
 ]
@@ -106,3 +107,29 @@ class LoadCancelledError(MlplugError):
 
 class CacheFullError(MlplugError):
     """No room for a batch in the KV cache, even after defragmentation."""
+
+
+class RequestError(MlplugError, ValueError):
+    """A request to ``mlplug serve`` that cannot be served as sent.
+
+    Attributes:
+        status: The HTTP status to answer with (4xx).
+        param: The request field at fault, or ``None``.
+        code: An OpenAI-style error code (``"context_length_exceeded"``…), or ``None``.
+        kind: The OpenAI error type (``"invalid_request_error"``…).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.param = param
+        self.code = code
+        self.kind = kind
