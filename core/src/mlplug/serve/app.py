@@ -197,6 +197,7 @@ class _Api:
                 "cells_used": s.cells_used,
                 "steps": s.steps,
                 "requests_done": s.requests_done,
+                "requests_cancelled": s.requests_cancelled,
             }
         )
 

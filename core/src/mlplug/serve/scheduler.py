@@ -140,6 +140,7 @@ class SchedulerStats:
             left (0 once every request has left).
         steps: Model steps run.
         requests_done: Requests that left (finished, failed or cancelled).
+        requests_cancelled: Of those, the cancelled ones (client gone, server closing).
     """
 
     parallel: int
@@ -148,6 +149,7 @@ class SchedulerStats:
     cells_used: int
     steps: int
     requests_done: int
+    requests_cancelled: int
 
 
 class Scheduler:
@@ -168,6 +170,7 @@ class Scheduler:
 
     __slots__ = (
         "_active",
+        "_cancelled",
         "_cells_used",
         "_closing",
         "_cond",
@@ -230,6 +233,7 @@ class Scheduler:
         self._cells_used = 0
         self._steps = 0
         self._done = 0
+        self._cancelled = 0
         self._thread = threading.Thread(target=self._loop, name="mlplug-serve-worker", daemon=True)
 
     # -- the caller's side (any thread) ----------------------------------------------------------
@@ -265,7 +269,8 @@ class Scheduler:
                 raise RequestError(
                     "[serve] the server is shutting down", status=503, kind="server_error"
                 )
-            if len(self._waiting) >= self.queue_size:
+            # Free slots take waiting requests at the next step: they do not count as queued.
+            if len(self._waiting) - len(self._free) >= self.queue_size:
                 raise RequestError(
                     f"[serve] {len(self._waiting)} requests are already waiting for one of "
                     f"{self.parallel} slots (the queue holds {self.queue_size}); retry later",
@@ -286,6 +291,7 @@ class Scheduler:
                 cells_used=self._cells_used,
                 steps=self._steps,
                 requests_done=self._done,
+                requests_cancelled=self._cancelled,
             )
 
     def close(self, timeout: float = 30.0) -> None:
@@ -316,6 +322,7 @@ class Scheduler:
                     self._step()
         finally:
             with self._cond:
+                self._closing = True  # later submits are refused, not left waiting
                 pending = [*self._active, *self._waiting]
                 self._waiting.clear()
             self._leave(pending, "cancelled")
@@ -350,6 +357,7 @@ class Scheduler:
     def _finish(self, job: Job, reason: str, error: str = "") -> None:
         with self._cond:
             self._done += 1
+            self._cancelled += reason == "cancelled"
         self._emit(job, Finished(reason, len(job.prompt), job.generated, error))
 
     def _emit(self, job: Job, event: Event) -> None:
@@ -402,21 +410,23 @@ class Scheduler:
             logits = self.model.forward(
                 self.cache, Batch(tuple(tokens), tuple(positions), tuple(seqs), tuple(outputs))
             )
+            with self._cond:
+                self._steps += 1
+            for job, n in advance:
+                job.n_past += n
+            finished: list[tuple[Job, str]] = []
+            # Without an output the model still returns the last token's row: only the first
+            # len(owners) rows are wanted.
+            for job, row in zip(owners, logits[: len(owners)], strict=True):
+                reason = self._accept(job, job.sampler(row))
+                if reason:
+                    finished.append((job, reason))
         except Exception as err:
-            # The batch failed as a whole: its requests end with the error, the others go on.
+            # The step failed as a whole: its requests end with the error, the others go on.
             _log.exception("[serve] a model step failed")
             self._leave([j for j, _ in advance], "error", f"{type(err).__name__}: {err}")
             self._count_cells()
             return
-        with self._cond:
-            self._steps += 1
-        for job, n in advance:
-            job.n_past += n
-        finished: list[tuple[Job, str]] = []
-        for job, row in zip(owners, logits, strict=True):
-            reason = self._accept(job, job.sampler(row))
-            if reason:
-                finished.append((job, reason))
         for job, reason in finished:
             self._leave([job], reason)
         if finished:
