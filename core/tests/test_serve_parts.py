@@ -306,15 +306,17 @@ def test_a_long_prompt_shares_steps_with_decoding_requests(demo: Any) -> None:
 
 def test_the_queue_is_bounded_and_cancelled_requests_free_their_cells(demo: Any) -> None:
     _, model, tok = demo
-    sched = Scheduler(model, tok, parallel=2, ctx_size=64, n_batch=16, queue_size=2)
+    sched = Scheduler(model, tok, parallel=2, ctx_size=64, n_batch=16, queue_size=1)
     res = _Results()
     greedy = SamplingParams(temperature=0)
     prompt = tok.encode("Once upon a time")
     first = Job(prompt, 50, greedy, (), res.emit(0))
     sched.submit(first)
+    # Two free slots and a queue of one.
     sched.submit(Job(prompt, 4, greedy, (), res.emit(1)))
+    sched.submit(Job(prompt, 4, greedy, (), res.emit(2)))
     with pytest.raises(RequestError) as info:
-        sched.submit(Job(prompt, 4, greedy, (), res.emit(2)))
+        sched.submit(Job(prompt, 4, greedy, (), res.emit(3)))
     assert info.value.status == 429
     with pytest.raises(RequestError) as info:
         sched.submit(Job(prompt, 64 - len(prompt) + 1, greedy, (), res.emit(3)))
@@ -324,8 +326,9 @@ def test_the_queue_is_bounded_and_cancelled_requests_free_their_cells(demo: Any)
     assert info.value.code == "context_length_exceeded" and info.value.param == "prompt"
     sched.start()
     try:
-        res.wait(1)
+        res.wait(2)
         assert res.finished(1).reason in ("stop", "length")
+        assert res.finished(2).reason in ("stop", "length")
         first.cancel()
         res.wait(1)
         assert res.finished(0).reason == "cancelled"
