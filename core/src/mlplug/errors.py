@@ -24,9 +24,12 @@ __all__ = [
     "GGUFError",
     "LoadCancelledError",
     "MlplugError",
+    "ModelFileError",
+    "ModelNotInstalledError",
     "NotComputedError",
     "RequestError",
     "ShapeError",
+    "UnsupportedModelError",
     "UnsupportedOpError",
 ]
 
@@ -99,6 +102,21 @@ class DuplicateBackendError(MlplugError, ValueError):
 
 class GGUFError(MlplugError, ValueError):
     """A malformed, truncated or unsupported model file."""
+
+
+class ModelFileError(MlplugError, ValueError):
+    """A model file a model of ``mlplug.models`` cannot run: a required metadata key missing or
+    inconsistent, a required tensor missing, or a tensor of the wrong shape. The message names
+    the file and the key or tensor."""
+
+
+class UnsupportedModelError(ModelFileError):
+    """``general.architecture`` names no model of ``mlplug.models`` (the message lists them)."""
+
+
+class ModelNotInstalledError(MlplugError, LookupError):
+    """A model asked for by name whose package is not installed (the message gives the pip
+    command)."""
 
 
 class LoadCancelledError(MlplugError):

@@ -69,6 +69,7 @@ class GraphBackend:
         if len(cpus) != 1 or devices[0].kind != "cpu":
             raise ValueError(f"[{name}] a plugin must return exactly one CPU device, first")
         self.name = name
+        self.model_path = model_path  # for messages that name the file (mlplug.models)
         self.params = params
         self.devices = devices
         self.n_gpus = len(devices) - 1

@@ -5,21 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlplug.errors import ShapeError
+from mlplug.errors import ModelFileError, ShapeError
 
 if TYPE_CHECKING:
     from mlplug.backend import Backend
     from mlplug.context import Context
     from mlplug.tensor import Tensor
 
-__all__ = ["Embedding", "LayerNorm", "Linear", "RMSNorm", "require"]
+__all__ = ["Embedding", "LayerNorm", "Linear", "RMSNorm", "model_source", "require"]
+
+
+def model_source(backend: Backend) -> str:
+    """Return the model file of ``backend`` for messages (``"the model"`` when unknown)."""
+    path = getattr(backend, "model_path", None)
+    return str(path) if path else "the model"
 
 
 def require(backend: Backend, name: str) -> Tensor:
-    """Return the weight ``name`` of ``backend``; raise ``KeyError`` naming it when absent."""
+    """Return the weight ``name`` of ``backend``.
+
+    Raises:
+        ModelFileError: The file has no such tensor (the message names the file and tensor).
+    """
     t = backend.get(name)
     if t is None:
-        raise KeyError(f"[model] the model file has no tensor {name!r}")
+        raise ModelFileError(f"[model] {model_source(backend)}: no tensor {name!r}")
     return t
 
 

@@ -1,0 +1,669 @@
+"""Decoder-only transformers: the structure every ``mlplug.models`` architecture shares.
+
+A model is ``token_embd`` (optionally scaled), ``n_layer`` :class:`Block`\\s, a final RMSNorm and
+the ``output`` projection (tied to ``token_embd`` when the file has no ``output.weight``). A
+block is
+
+    a = Wo·attn(rope(norm_q(Wq·n)), rope(norm_k(Wk·n)), Wv·n)      n = attn_norm(x)
+    x = x + post_attn_norm(a)
+    x = x + post_ffn_norm(Wdown·(act(Wgate·n) ⊙ Wup·n))             n = ffn_norm(x)
+
+where the q/k norms, the post norms and the biases are present or not per architecture, and the
+activation is SiLU or GELU. An architecture is a :class:`Decoder` subclass that reads its
+hyperparameters (:class:`TransformerConfig`), lists the weights it needs (:class:`WeightSpec`,
+checked by name and shape before anything is computed — and, through
+:func:`mlplug.models.check_file`, before anything is allocated) and says what differs per layer:
+the RoPE of each layer and its attention window. Layers with a sliding window use a KV cache with
+that window (:class:`mlplug.nn.LayerCaches` when windows differ between layers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mlplug.dtype import DType
+from mlplug.errors import ModelFileError, ShapeError
+from mlplug.nn._attention import attention
+from mlplug.nn.layer_caches import LayerCaches
+from mlplug.nn.layers import Embedding, Linear, RMSNorm, model_source, require
+from mlplug.nn.rope import RoPE, RopeConfig, RopeTables
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mlplug.backend import Backend
+    from mlplug.config import Config
+    from mlplug.context import Context
+    from mlplug.params import CacheConfig
+    from mlplug.tensor import Tensor
+
+__all__ = [
+    "Batch",
+    "Block",
+    "Decoder",
+    "FeedForward",
+    "SelfAttention",
+    "TransformerConfig",
+    "WeightSpec",
+    "check_weights",
+    "model_source",
+]
+
+
+# -- hyperparameters ----------------------------------------------------------------------------
+
+
+def _per_layer(config: Config, key: str, n_layer: int, default: int, arch: str) -> int:
+    """Read a u32 hyperparameter that some files store as one value per layer."""
+    value = config.uint(key, 0)
+    if value:
+        return value
+    values = config.uints(key) or tuple(config.ints(key))
+    if values:
+        if len(set(values)) != 1 or len(values) != n_layer:
+            raise ModelFileError(f"[{arch}] {key} varies per layer ({values}); not supported")
+        return int(values[0])
+    return default
+
+
+@dataclass(frozen=True, slots=True)
+class TransformerConfig:
+    """The hyperparameters of a decoder-only transformer (GGUF keys ``<arch>.*``).
+
+    Attributes:
+        architecture: ``general.architecture``.
+        n_layer: ``block_count``.
+        n_embd: ``embedding_length``.
+        n_ff: ``feed_forward_length``.
+        n_head: ``attention.head_count``.
+        n_head_kv: ``attention.head_count_kv`` (defaults to ``n_head``).
+        head_dim_k: ``attention.key_length`` (defaults to ``n_embd / n_head``).
+        head_dim_v: ``attention.value_length`` (defaults to ``head_dim_k``).
+        eps: ``attention.layer_norm_rms_epsilon``.
+        n_ctx_train: ``context_length``.
+        n_vocab: ``vocab_size``, else the length of ``tokenizer.ggml.tokens``.
+        rope: Rotation angles and style (``rope.*``).
+        sliding_window: ``attention.sliding_window`` (0: none).
+    """
+
+    architecture: str
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    eps: float
+    n_ctx_train: int
+    n_vocab: int
+    rope: RopeConfig
+    sliding_window: int = 0
+
+    @classmethod
+    def from_config(
+        cls, config: Config, *, neox: bool, where: str = "the model"
+    ) -> TransformerConfig:
+        """Read the hyperparameters from a model's metadata (``backend.config()``).
+
+        Args:
+            config: The metadata.
+            neox: The architecture's rotation style.
+            where: The model file, for messages.
+
+        Raises:
+            ModelFileError: A required key is missing or the values are inconsistent; the
+                message names ``where`` and the key.
+        """
+        arch = config.architecture()
+        n_layer = config.uint("block_count")
+        n_embd = config.uint("embedding_length")
+        n_head = _per_layer(config, "attention.head_count", n_layer, 0, arch)
+        n_ff = _per_layer(config, "feed_forward_length", n_layer, 0, arch)
+        missing = [
+            k
+            for k, v in (
+                ("block_count", n_layer),
+                ("embedding_length", n_embd),
+                ("feed_forward_length", n_ff),
+                ("attention.head_count", n_head),
+            )
+            if not v
+        ]
+        if missing:
+            keys = ", ".join(f"{arch}.{k}" for k in missing)
+            raise ModelFileError(f"[{arch}] {where}: missing metadata key(s) {keys}")
+        if config.uint("expert_count", 0) > 0:
+            raise ModelFileError(f"[{arch}] {where}: mixture-of-experts models are not supported")
+        n_head_kv = _per_layer(config, "attention.head_count_kv", n_layer, n_head, arch)
+        if n_head % n_head_kv:
+            raise ModelFileError(
+                f"[{arch}] {where}: {arch}.attention.head_count {n_head} is not a multiple of "
+                f"{arch}.attention.head_count_kv {n_head_kv}"
+            )
+        head_dim_k = config.uint("attention.key_length", n_embd // n_head)
+        head_dim_v = config.uint("attention.value_length", head_dim_k)
+        n_vocab = config.uint("vocab_size", 0) or len(config.strings("tokenizer.ggml.tokens"))
+        try:
+            rope = RopeConfig.from_config(config, head_dim_k, neox=neox)
+        except (ValueError, ShapeError) as err:
+            raise ModelFileError(f"[{arch}] {where}: {err}") from err
+        return cls(
+            architecture=arch,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_ff=n_ff,
+            n_head=n_head,
+            n_head_kv=n_head_kv,
+            head_dim_k=head_dim_k,
+            head_dim_v=head_dim_v,
+            eps=config.float("attention.layer_norm_rms_epsilon", 1e-5),
+            n_ctx_train=config.uint("context_length", 0),
+            n_vocab=n_vocab,
+            rope=rope,
+            sliding_window=config.uint("attention.sliding_window", 0),
+        )
+
+
+# -- weights and their checks -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WeightSpec:
+    """A weight a model reads: its GGUF name and ggml shape (trailing 1s dropped).
+
+    Attributes:
+        name: Tensor name.
+        shape: Expected extents, ``ne0`` first; ``None`` entries accept any extent.
+        required: Whether the model fails without it.
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    required: bool = True
+
+
+def _trim(shape: Sequence[int]) -> tuple[int, ...]:
+    out = list(shape)
+    while len(out) > 1 and out[-1] == 1:
+        out.pop()
+    return tuple(out)
+
+
+def check_weights(
+    arch: str,
+    specs: Iterable[WeightSpec],
+    shape_of: Callable[[str], Sequence[int] | None],
+    where: str,
+) -> None:
+    """Check that every required weight exists and every present one has its shape.
+
+    Args:
+        arch: The architecture, for messages.
+        specs: What the model reads.
+        shape_of: Name → ggml extents, or ``None`` when the file has no such tensor.
+        where: The model file, for messages.
+
+    Raises:
+        ModelFileError: The first missing or misshapen tensor, named with ``where``.
+    """
+    for spec in specs:
+        shape = shape_of(spec.name)
+        if shape is None:
+            if spec.required:
+                raise ModelFileError(
+                    f"[{arch}] {where}: no tensor {spec.name!r} (expected shape "
+                    f"{_show(spec.shape)})"
+                )
+            continue
+        got = _trim(shape)
+        want = spec.shape
+        if len(got) > len(want) or any(
+            w is not None and w != (got[i] if i < len(got) else 1) for i, w in enumerate(want)
+        ):
+            raise ModelFileError(
+                f"[{arch}] {where}: tensor {spec.name!r} has shape {list(got)}, expected "
+                f"{_show(want)}"
+            )
+
+
+def _show(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("*" if n is None else str(n) for n in shape) + "]"
+
+
+# -- batches and blocks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Tokens to process together, possibly from several sequences.
+
+    Attributes:
+        tokens: Token ids.
+        positions: The position of each token in its sequence.
+        sequences: The sequence id of each token.
+        outputs: Indexes into ``tokens`` whose logits are wanted, in the order returned.
+    """
+
+    tokens: Sequence[int]
+    positions: Sequence[int]
+    sequences: Sequence[int]
+    outputs: Sequence[int] = field(default=())
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        if n == 0:
+            raise ShapeError("[Batch] a batch needs at least one token")
+        if len(self.positions) != n or len(self.sequences) != n:
+            raise ShapeError(
+                f"[Batch] {n} tokens, {len(self.positions)} positions, "
+                f"{len(self.sequences)} sequences"
+            )
+        if any(not 0 <= i < n for i in self.outputs):
+            raise ShapeError(f"[Batch] output indexes must be in 0..{n - 1}")
+
+    @classmethod
+    def single(
+        cls, tokens: Sequence[int], start: int = 0, seq: int = 0, *, last_only: bool = True
+    ) -> Batch:
+        """Return a batch of consecutive tokens of one sequence from position ``start``."""
+        n = len(tokens)
+        outputs = (n - 1,) if last_only else tuple(range(n))
+        return cls(tuple(tokens), tuple(range(start, start + n)), (seq,) * n, outputs)
+
+
+@dataclass(frozen=True, slots=True)
+class SelfAttention:
+    """Multi-head (grouped-query) self-attention with optional per-head q/k RMSNorm.
+
+    Attributes:
+        wq: ``[n_embd, n_head·Dk]``.
+        wk: ``[n_embd, n_head_kv·Dk]``.
+        wv: ``[n_embd, n_head_kv·Dv]``.
+        wo: ``[n_head·Dv, n_embd]``.
+        n_head: Query heads.
+        n_head_kv: Key/value heads.
+        head_dim_k: ``Dk``.
+        head_dim_v: ``Dv``.
+        scale: Multiplier of the scores.
+        q_norm: RMSNorm of each query head (``[Dk]`` weight) before RoPE, or ``None``.
+        k_norm: RMSNorm of each key head before RoPE, or ``None``.
+    """
+
+    wq: Linear
+    wk: Linear
+    wv: Linear
+    wo: Linear
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    scale: float
+    q_norm: RMSNorm | None = None
+    k_norm: RMSNorm | None = None
+
+    def __call__(
+        self, ctx: Context, h: Tensor, rope: RoPE, table: RopeTables, cache: Any, layer: int
+    ) -> Tensor:
+        """Return ``Wo·attention`` of the normalised input ``h`` ``[n_embd, T]``."""
+        n = h.dim(1)
+        q = self.wq(ctx, h).reshape(ctx, self.head_dim_k, self.n_head, n)
+        k = self.wk(ctx, h).reshape(ctx, self.head_dim_k, self.n_head_kv, n)
+        v = self.wv(ctx, h).reshape(ctx, self.head_dim_v, self.n_head_kv, n)
+        if self.q_norm is not None:
+            q = self.q_norm(ctx, q)
+        if self.k_norm is not None:
+            k = self.k_norm(ctx, k)
+        q = rope(ctx, q, table)
+        k = rope(ctx, k, table)
+        cache.set_layer(layer)
+        a = attention(ctx, q, k, v, self.scale, cache)  # [Dv, H, T]
+        return self.wo(ctx, a.reshape(ctx, self.head_dim_v * self.n_head, n))
+
+
+@dataclass(frozen=True, slots=True)
+class FeedForward:
+    """Gated feed-forward: ``Wdown·(act(Wgate·x) ⊙ Wup·x)``, ``act`` SiLU or tanh-GELU.
+
+    Attributes:
+        gate: ``[n_embd, n_ff]``.
+        up: ``[n_embd, n_ff]``.
+        down: ``[n_ff, n_embd]``.
+        activation: ``"silu"`` or ``"gelu"``.
+    """
+
+    gate: Linear
+    up: Linear
+    down: Linear
+    activation: str = "silu"
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("silu", "gelu"):
+            raise ValueError(f"[FeedForward] activation {self.activation!r} is not silu or gelu")
+
+    def __call__(self, ctx: Context, x: Tensor) -> Tensor:
+        """Return the feed-forward output ``[n_embd, T]``."""
+        g = self.gate(ctx, x)
+        g = g.silu(ctx) if self.activation == "silu" else g.gelu(ctx)
+        return self.down(ctx, g.mul(ctx, self.up(ctx, x)))
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One transformer layer: pre-norm attention and feed-forward, optional post norms."""
+
+    attn_norm: RMSNorm
+    attn: SelfAttention
+    ffn_norm: RMSNorm
+    ffn: FeedForward
+    post_attn_norm: RMSNorm | None = None
+    post_ffn_norm: RMSNorm | None = None
+
+    def __call__(
+        self,
+        ctx: Context,
+        x: Tensor,
+        rope: RoPE,
+        table: RopeTables,
+        cache: Any,
+        layer: int,
+        rows: Tensor | None = None,
+    ) -> Tensor:
+        """Return the layer's output; with ``rows``, only those tokens (after attention)."""
+        a = self.attn(ctx, self.attn_norm(ctx, x), rope, table, cache, layer)
+        if rows is not None:
+            a = a.rows(ctx, rows)
+            x = x.rows(ctx, rows)
+        if self.post_attn_norm is not None:
+            a = self.post_attn_norm(ctx, a)
+        x = x.add(ctx, a)
+        f = self.ffn(ctx, self.ffn_norm(ctx, x))
+        if self.post_ffn_norm is not None:
+            f = self.post_ffn_norm(ctx, f)
+        return x.add(ctx, f)
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+class Decoder:
+    """A decoder-only transformer on a backend; subclasses define an architecture.
+
+    Build it after ``backend.load()`` (or at least before the first :meth:`build`, which may read
+    weights such as RoPE frequency factors). One model serves any number of caches and batches.
+
+    Subclasses set :attr:`architectures` and override :meth:`read_config`, :meth:`weight_specs`,
+    :meth:`make_block`, and where they differ :meth:`layer_rope`, :meth:`layer_window` and
+    :attr:`embed_scale`.
+
+    Args:
+        backend: A backend constructed from the model's GGUF file.
+        config: The hyperparameters; read from ``backend.config()`` when ``None``.
+
+    Raises:
+        ModelFileError: Another architecture, a missing or inconsistent key, a missing tensor or
+            one of the wrong shape (named with the file).
+    """
+
+    architectures: ClassVar[tuple[str, ...]] = ()
+    """The ``general.architecture`` values this class runs."""
+
+    __slots__ = ("_ropes", "backend", "blocks", "config", "embedding", "output", "output_norm")
+
+    def __init__(self, backend: Backend, config: TransformerConfig | None = None) -> None:
+        where = model_source(backend)
+        self.backend = backend
+        self.config = cfg = config or self.read_config(backend.config(), where)
+        if cfg.architecture not in self.architectures:
+            from mlplug.errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                f"[{type(self).__name__}] {where}: unsupported architecture "
+                f"{cfg.architecture!r} (supported: {', '.join(self.architectures)})"
+            )
+
+        def shape_of(name: str) -> tuple[int, ...] | None:
+            t = backend.get(name)
+            return None if t is None else t.shape()
+
+        check_weights(cfg.architecture, self.weight_specs(cfg), shape_of, where)
+        self.embedding = Embedding(require(backend, "token_embd.weight"))
+        self.blocks: tuple[Block, ...] = tuple(
+            self.make_block(backend, cfg, il) for il in range(cfg.n_layer)
+        )
+        self.output_norm = RMSNorm(require(backend, "output_norm.weight"), cfg.eps)
+        self.output = Linear.from_backend(backend, "output")
+        self._ropes: list[RoPE] | None = None
+
+    # -- what an architecture defines -----------------------------------------------------------
+
+    @classmethod
+    def read_config(cls, config: Config, where: str = "the model") -> TransformerConfig:
+        """Read the hyperparameters (default: normal-style RoPE)."""
+        return TransformerConfig.from_config(config, neox=False, where=where)
+
+    @classmethod
+    def weight_specs(cls, cfg: TransformerConfig) -> list[WeightSpec]:
+        """Return every weight the model reads, with its shape (default: the llama set)."""
+        e, f = cfg.n_embd, cfg.n_ff
+        q, kv, o = cfg.n_head * cfg.head_dim_k, cfg.n_head_kv * cfg.head_dim_k, cfg.n_head
+        specs = [WeightSpec("token_embd.weight", (e, cfg.n_vocab or None))]
+        for i in range(cfg.n_layer):
+            p = f"blk.{i}."
+            specs += [
+                WeightSpec(p + "attn_norm.weight", (e,)),
+                WeightSpec(p + "attn_q.weight", (e, q)),
+                WeightSpec(p + "attn_k.weight", (e, kv)),
+                WeightSpec(p + "attn_v.weight", (e, cfg.n_head_kv * cfg.head_dim_v)),
+                WeightSpec(p + "attn_output.weight", (o * cfg.head_dim_v, e)),
+                WeightSpec(p + "ffn_norm.weight", (e,)),
+                WeightSpec(p + "ffn_gate.weight", (e, f)),
+                WeightSpec(p + "ffn_up.weight", (e, f)),
+                WeightSpec(p + "ffn_down.weight", (f, e)),
+            ]
+        specs += [
+            WeightSpec("output_norm.weight", (e,)),
+            WeightSpec("output.weight", (e, cfg.n_vocab or None), required=False),
+        ]
+        return specs
+
+    def make_block(self, backend: Backend, cfg: TransformerConfig, il: int) -> Block:
+        """Return layer ``il`` (default: llama: no biases, no q/k or post norms, SiLU)."""
+        return self.standard_block(backend, cfg, il)
+
+    @staticmethod
+    def standard_block(
+        backend: Backend,
+        cfg: TransformerConfig,
+        il: int,
+        *,
+        qkv_bias: bool | None = False,
+        qk_norm: bool = False,
+        post_norms: bool = False,
+        activation: str = "silu",
+        scale: float | None = None,
+    ) -> Block:
+        """Return layer ``il`` made of the standard GGUF tensor names ``blk.<il>.*``.
+
+        Args:
+            backend: The model's backend.
+            cfg: Its hyperparameters.
+            il: The layer index.
+            qkv_bias: ``True``: q/k/v biases required; ``False``: none; ``None``: if present.
+            qk_norm: Per-head RMSNorm of q and k (``attn_q_norm``, ``attn_k_norm``).
+            post_norms: ``post_attention_norm`` and ``post_ffw_norm`` after each sub-layer.
+            activation: ``"silu"`` or ``"gelu"``.
+            scale: Attention score multiplier (default ``1/sqrt(head_dim_k)``).
+        """
+        p = f"blk.{il}."
+
+        def norm(name: str) -> RMSNorm:
+            return RMSNorm(require(backend, p + name + ".weight"), cfg.eps)
+
+        attn = SelfAttention(
+            wq=Linear.from_backend(backend, p + "attn_q", qkv_bias),
+            wk=Linear.from_backend(backend, p + "attn_k", qkv_bias),
+            wv=Linear.from_backend(backend, p + "attn_v", qkv_bias),
+            wo=Linear.from_backend(backend, p + "attn_output"),
+            n_head=cfg.n_head,
+            n_head_kv=cfg.n_head_kv,
+            head_dim_k=cfg.head_dim_k,
+            head_dim_v=cfg.head_dim_v,
+            scale=1.0 / math.sqrt(cfg.head_dim_k) if scale is None else scale,
+            q_norm=norm("attn_q_norm") if qk_norm else None,
+            k_norm=norm("attn_k_norm") if qk_norm else None,
+        )
+        ffn = FeedForward(
+            Linear.from_backend(backend, p + "ffn_gate"),
+            Linear.from_backend(backend, p + "ffn_up"),
+            Linear.from_backend(backend, p + "ffn_down"),
+            activation,
+        )
+        return Block(
+            attn_norm=norm("attn_norm"),
+            attn=attn,
+            ffn_norm=norm("ffn_norm"),
+            ffn=ffn,
+            post_attn_norm=norm("post_attention_norm") if post_norms else None,
+            post_ffn_norm=norm("post_ffw_norm") if post_norms else None,
+        )
+
+    def layer_ropes(self) -> list[RoPE]:
+        """Return the RoPE of every layer (equal ones shared, so their tables are built once).
+
+        Default: ``config.rope`` with the per-layer ``rope_freqs`` factors when the file has them
+        (per-layer copies of one tensor, SEMANTICS §6.5 rule 4: read once, after load).
+        """
+        shared: dict[tuple[float, ...] | None, RoPE] = {}
+        ropes = []
+        for il in range(self.config.n_layer):
+            t = self.backend.get(f"blk.{il}.rope_freqs.weight")
+            factors = None if t is None else tuple(float(v) for v in t.floats())
+            if factors not in shared:
+                shared[factors] = RoPE(self.config.rope, factors)
+            ropes.append(shared[factors])
+        return ropes
+
+    def layer_window(self, il: int) -> int | None:
+        """Return layer ``il``'s sliding attention window ``w`` (a token at ``p`` sees
+        ``p − w … p``), or ``None`` for full causal attention. Default: ``None``."""
+        return None
+
+    @property
+    def embed_scale(self) -> float | None:
+        """A multiplier of the token embeddings, or ``None`` (default)."""
+        return None
+
+    # -- the common interface -------------------------------------------------------------------
+
+    @property
+    def n_vocab(self) -> int:
+        """The number of logits per token."""
+        return self.output.out_features
+
+    def new_cache(
+        self,
+        *,
+        capacity: int,
+        max_sequences: int = 1,
+        max_batch: int = 512,
+        dtype: DType = DType.F16,
+        config: CacheConfig | None = None,
+    ) -> Any:
+        """Return an initialised KV cache for this model.
+
+        A :class:`mlplug.kvcache.Causal` when every layer attends the same way; a
+        :class:`mlplug.nn.LayerCaches` (one ``Causal`` per distinct window) otherwise.
+
+        Args:
+            capacity: Positions per sequence.
+            max_sequences: Sequences held at once.
+            max_batch: The largest batch that will be processed.
+            dtype: The K/V element type (a CACHE dtype).
+            config: A layout to force (e.g. ``CacheConfig()`` for the un-fused attention path);
+                ``None`` uses the backend's ``cache_config()``.
+        """
+        windows = [self.layer_window(il) for il in range(self.config.n_layer)]
+        if len(set(windows)) <= 1:
+            from mlplug.kvcache import Causal
+
+            window = windows[0] if windows else None
+            cache = Causal(window_size=window)
+            if config is not None:
+                cache.set_config(config)
+            cache.init(self.backend, dtype, max_sequences, capacity, max_batch)
+            return cache
+        return LayerCaches.create(
+            self.backend,
+            windows,
+            dtype=dtype,
+            max_sequences=max_sequences,
+            capacity=capacity,
+            max_batch=max_batch,
+            config=config,
+        )
+
+    def build(self, ctx: Context, cache: Any, batch: Batch, *, reserve: bool = False) -> Tensor:
+        """Build the graph of one batch; return the logits ``[n_vocab, len(batch.outputs)]``.
+
+        Calls ``cache.start_forward`` (which reserves the batch's cells and builds the mask),
+        then adds every layer's nodes to ``ctx``. The caller forwards and computes the result.
+        With ``reserve=True`` the cache is only sized (nothing is stored) — for ``ctx.reserve()``.
+        """
+        cfg = self.config
+        n = len(batch.tokens)
+        cache.start_forward(ctx, batch, reserve=reserve)
+        inp = ctx.input()
+        x = self.embedding(ctx, inp.from_int_slice(list(batch.tokens), n))  # [n_embd, T]
+        if self.embed_scale is not None:
+            x = x.scale(ctx, self.embed_scale)
+        outputs = list(batch.outputs) or [n - 1]
+        out_ids = None if outputs == list(range(n)) else inp.from_int_slice(outputs, len(outputs))
+        if out_ids is not None and cfg.n_layer == 0:
+            x = x.rows(ctx, out_ids)
+        if self._ropes is None:
+            self._ropes = self.layer_ropes()
+        tables: dict[int, RopeTables] = {}
+        for il, block in enumerate(self.blocks):
+            rope = self._ropes[il]
+            if id(rope) not in tables:
+                tables[id(rope)] = rope.tables(ctx, batch.positions)
+            # Only the output tokens matter past the last attention.
+            rows = out_ids if il == cfg.n_layer - 1 else None
+            x = block(ctx, x, rope, tables[id(rope)], cache, il, rows)
+        return self.output(ctx, self.output_norm(ctx, x))
+
+    def reserve(self, cache: Any, n_tokens: int) -> None:
+        """Allocate the KV cache and the compute buffers of a worst-case batch of ``n_tokens``.
+
+        After this, ``backend.backend_memory()`` shows the cache and graph sizes, and an
+        ``ErrNoMem`` here means the model does not fit with these settings.
+        """
+        ctx = self.backend.new_context()
+        try:
+            batch = Batch(
+                (0,) * n_tokens, tuple(range(n_tokens)), (0,) * n_tokens, tuple(range(n_tokens))
+            )
+            logits = self.build(ctx, cache, batch, reserve=True)
+            ctx.forward(logits)
+            ctx.reserve()
+        finally:
+            ctx.close()
+
+    def forward(self, cache: Any, batch: Batch) -> np.ndarray:
+        """Run one batch through the model; return the logits, numpy ``(len(outputs), n_vocab)``.
+
+        The batch's keys and values are stored in ``cache``, so the next call continues the
+        sequences.
+        """
+        ctx = self.backend.new_context()
+        try:
+            logits = self.build(ctx, cache, batch)
+            ctx.forward(logits).compute(logits)
+            values = logits.numpy()
+        finally:
+            ctx.close()
+        return values.reshape(-1, self.n_vocab)
