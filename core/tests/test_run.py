@@ -175,3 +175,61 @@ def test_run_reports_out_of_memory(
     assert main(["run", "--backend", "cpu", "--num-gpu-layers", "99"]) == 1
     captured = capsys.readouterr()
     assert "(failed)" in captured.out and "insufficient memory" in captured.err
+
+
+def test_sampling_filters() -> None:
+    from mlplug.generate import Sampler, Sampling
+
+    logits = np.log(np.array([0.05, 0.5, 0.3, 0.15], dtype=np.float64))
+
+    def draws(params: Sampling, n: int = 300, history=()) -> set[int]:
+        sampler = Sampler(params, history)
+        return {sampler(logits) for _ in range(n)}
+
+    assert draws(Sampling(temperature=1.0, seed=1)) == {0, 1, 2, 3}
+    assert draws(Sampling(temperature=1.0, top_k=2, seed=1)) == {1, 2}
+    # top_p: 0.5 + 0.3 reaches 0.75; min_p: tokens at least 0.25 x the best (0.125).
+    assert draws(Sampling(temperature=1.0, top_p=0.75, seed=1)) == {1, 2}
+    assert draws(Sampling(temperature=1.0, top_p=0.5, seed=1)) == {1}
+    assert draws(Sampling(temperature=1.0, min_p=0.25, seed=1)) == {1, 2, 3}
+    # Greedy after the repeat penalty: the seen token's (negative) logit is multiplied by the
+    # penalty, so the next best wins.
+    assert draws(Sampling(), 3) == {1}
+    assert draws(Sampling(repeat_penalty=2.0), 3, history=[1]) == {2}
+    # The penalty only sees the last repeat_last_n tokens.
+    assert draws(Sampling(repeat_penalty=2.0, repeat_last_n=1), 3, history=[1, 0]) == {1}
+    # The same seed gives the same draws.
+    a, b = Sampler(Sampling(temperature=1.0, seed=5)), Sampler(Sampling(temperature=1.0, seed=5))
+    assert [a(logits) for _ in range(20)] == [b(logits) for _ in range(20)]
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(top_p=0.0)
+
+
+def test_run_stops_at_end_of_generation(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Make every token an end-of-generation token: one token is generated, then it stops.
+    monkeypatch.setattr(Tokenizer, "is_eog", lambda self, token: True)
+    assert main(["run", "-p", "Hello", "-n", "8", "--backend", "cpu"]) == 0
+    assert "decode: 0 tokens" in capsys.readouterr().out
+
+
+def test_run_checks_the_architecture_before_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With a 1 KiB CPU, allocating the weights would fail with "insufficient memory": the
+    # architecture error comes first, so nothing was allocated.
+    from mlplug_conformance import synth
+
+    path = synth.write_llama_gguf(
+        tmp_path / "m.gguf", n_layers=1, n_embd=64, n_head=2, n_head_kv=1, n_ff=64, n_vocab=8,
+        arch="falcon",
+    )  # fmt: skip
+    monkeypatch.setenv("MLPLUG_CPU_MEMORY_LIMIT", "1KiB")
+    assert main(["run", str(path), "--backend", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "unsupported architecture 'falcon'" in err and str(path) in err
+    assert "gemma3" in err and "insufficient memory" not in err
+    assert main(["info", str(path), "--backend", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "unsupported architecture 'falcon'" in err and "does not fit" not in err

