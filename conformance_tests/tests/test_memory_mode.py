@@ -6,6 +6,7 @@ import pytest
 
 import mlplug.engine.books as books
 import mlplug.engine.graph_backend as graph_backend
+import mlplug.engine.weights as weights
 from mlplug_conformance.memory import expected_layers, run_memory_mode
 
 
@@ -16,7 +17,7 @@ def statuses(results: list) -> dict[str, str]:
 def test_cpu_passes_memory_mode() -> None:
     results = run_memory_mode("cpu")
     assert all(r.status == "pass" for r in results), [r for r in results if r.status != "pass"]
-    assert len(results) == 8
+    assert len(results) == 9
 
 
 def test_restated_rule_matches_the_worked_table() -> None:
@@ -55,3 +56,12 @@ def test_cpu_only_plugin_checks_out_of_memory_on_its_cpu_cap() -> None:
     assert got["memory/out-of-memory"] == "pass"
     assert got["memory/placement/2-gpus"] == "skipped"
     assert got["memory/load"] == "pass"
+
+
+def test_a_second_copy_of_the_tied_output_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A core that copies the tied output.weight next to token_embd.weight on the CPU (counting
+    # the embedding twice, as before §6.5 said otherwise) fails the tied-output check only.
+    monkeypatch.setattr(weights, "_TIED", "no-such-weight")
+    got = statuses(run_memory_mode("cpu"))
+    assert got["memory/tied-output"] == "FAIL"
+    assert got["memory/sizes"] == "pass" and got["memory/load"] == "pass"

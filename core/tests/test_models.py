@@ -358,3 +358,37 @@ def test_wrong_shape_is_named(tmp_path: Path) -> None:
             from_backend(backend)
     finally:
         backend.close()
+
+
+def test_tied_output_shares_the_embedding_storage_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SEMANTICS §6.5 rule 1: counted once (in input_weights), one storage; on a GPU a copy.
+    path = write_model(tmp_path / "m.gguf", "gemma3", Q4_K_M_TYPES)
+    embd = DType.Q8_0.nbytes(N_EMBD * N_VOCAB)
+    backend = mlplug.new_backend(str(path), mlplug.BackendParams(), backend="cpu")
+    try:
+        mem = backend.backend_memory()
+        assert embd <= mem.input_weights.size < embd + 64
+        assert mem.cpu.weights[GEMMA_LAYERS].size < N_EMBD * 4 + 64  # output_norm only
+        out, emb = backend.get("output.weight"), backend.get("token_embd.weight")
+        assert out is not None and emb is not None
+        assert out._storage is not None and emb._storage is not None
+        assert (out._storage.buffer, out._storage.offset) == (
+            emb._storage.buffer,
+            emb._storage.offset,
+        )
+        backend.load()
+        assert np.array_equal(out.floats(), emb.floats())
+    finally:
+        backend.close()
+    monkeypatch.setenv("MLPLUG_CPU_SIMULATED_GPUS", "1:64MiB")
+    backend = mlplug.new_backend(
+        str(path), mlplug.BackendParams(num_gpu_layers=GEMMA_LAYERS + 1), backend="cpu"
+    )
+    try:
+        mem = backend.backend_memory()
+        assert mem.gpus[0].weights[GEMMA_LAYERS].size >= embd  # the copy lives on the GPU
+        assert embd <= mem.input_weights.size < embd + 64
+    finally:
+        backend.close()

@@ -3,7 +3,9 @@
 Runs against synthetic llama-shaped GGUF files written by :mod:`mlplug_conformance.synth` and
 only the public API. Checks placement with 0..3 GPUs (the plugin presents them through the
 ``mlplug_memory_settings`` hook; a plugin without it is checked with the devices it has), the
-accounted sizes, the statuses, ``reserve()`` graph memory per device, cache accounting,
+accounted sizes (a tied ``output.weight`` on the CPU is ``token_embd.weight``'s storage, counted
+once; on a GPU it is a copy counted in the output layer), the statuses, ``reserve()`` graph
+memory per device, cache accounting,
 ``ErrNoMem`` under a cap (and that the backend still works and closes), and load progress,
 cancellation and values.
 
@@ -245,6 +247,40 @@ class _Runner:
             _check(str(mem).startswith("InputWeights="), f"text form: {mem}")
         return None
 
+    def tied_output(self) -> str | None:
+        # §6.5 rule 1: with the output layer on the CPU, the tied output.weight is the
+        # embedding's storage (counted once, in input_weights); on a GPU it is a copy counted in
+        # the output layer.
+        embd = DType.Q8_0.nbytes(N_EMBD * N_VOCAB)
+        norm = N_EMBD * 4
+        with self.new(self.q8, BackendParams(), _settings(self.backend, 0)) as be:
+            mem = be.backend_memory()
+            _check(
+                embd <= mem.input_weights.size <= embd + MAX_PAD,
+                f"input_weights {mem.input_weights.size}, token_embd is {embd} bytes",
+            )
+            out = mem.cpu.weights[BLOCKS].size
+            _check(
+                norm <= out <= norm + MAX_PAD,
+                f"output layer on the CPU accounts {out} bytes: only output_norm ({norm} bytes) "
+                "is its own, output.weight is token_embd.weight's storage",
+            )
+        env = _settings(self.backend, 1)
+        if env is None:
+            return "skipped: the plugin cannot present a GPU (the CPU case passed)"
+        with self.new(self.q8, BackendParams(num_gpu_layers=BLOCKS + 1), env) as be:
+            mem = be.backend_memory()
+            if not mem.gpus:
+                return "skipped: no GPU for the output layer (the CPU case passed)"
+            out = mem.gpus[0].weights[BLOCKS].size
+            _check(
+                embd + norm <= out <= embd + norm + 2 * MAX_PAD,
+                f"output layer on GPU0 accounts {out} bytes, expected the tied copy ({embd}) "
+                f"and output_norm ({norm})",
+            )
+            _check(embd <= mem.input_weights.size <= embd + MAX_PAD, "input_weights changed")
+        return None
+
     def reserve_and_cache(self) -> str | None:
         gpus = 1 if _settings(self.backend, 1) is not None else 0
         env = _settings(self.backend, gpus)
@@ -422,6 +458,7 @@ def run_memory_mode(backend: str) -> list[MemoryResult]:
         for gpus in range(4):
             runner.run(f"memory/placement/{gpus}-gpus", partial(runner.placement, gpus))
         runner.run("memory/sizes", runner.sizes)
+        runner.run("memory/tied-output", runner.tied_output)
         runner.run("memory/reserve-and-cache", runner.reserve_and_cache)
         runner.run("memory/out-of-memory", runner.out_of_memory)
         runner.run("memory/load", runner.load)

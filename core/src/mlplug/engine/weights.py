@@ -4,6 +4,8 @@
 without reading tensor data. ``allocate`` gives each device one buffer holding all its weights
 (all-or-nothing, GPUs in index order then the CPU), keeping the books; ``load`` copies the bytes
 from the memory map in chunks of at most 16 MiB, reporting progress and honouring cancellation.
+A tied ``output.weight`` on the same device as ``token_embd.weight`` is the same storage: no
+second allocation, no second copy, counted once (§6.5 rule 1).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from .graph_backend import GraphBackend
 
 __all__ = ["CHUNK", "Model"]
+
+_TIED = "output.weight"
 
 CHUNK = 16 * 1024 * 1024
 """Largest piece copied between two cancellation checks."""
@@ -71,6 +75,7 @@ class _Weight:
     device: int
     offset: int = 0
     tensor: Tensor | None = None
+    shares: bool = False  # the storage of an earlier weight with the same source and device
 
 
 def _cancelled(cancel: Any) -> bool:
@@ -124,8 +129,14 @@ class Model:
         """Place the weights and return the bytes each device must allocate."""
         self.weights = []
         totals: dict[int, int] = {}
+        placed: dict[tuple[str, int], _Weight] = {}
         for placement, info in self.placements():
             device = 0 if placement.layer is None else layer_device[placement.layer]
+            source = placed.get((placement.source, device))
+            if source is not None and placement.name == _TIED:
+                # §6.5 rule 1: the tied output on the embedding's device is the same storage.
+                self.weights.append(_Weight(placement, info, device, source.offset, shares=True))
+                continue
             dev = devices[device]
             size = (
                 dev.weight_nbytes(info.dtype, info.ne)
@@ -135,6 +146,7 @@ class Model:
             weight = _Weight(placement, info, device, totals.get(device, 0))
             totals[device] = weight.offset + round_up(size, dev.alignment)
             self.weights.append(weight)
+            placed[(placement.source, device)] = weight
         return totals
 
     def allocate(self, backend: GraphBackend) -> None:
@@ -146,7 +158,7 @@ class Model:
             per_layer = [0] * (self.blocks + 1)
             inputs = 0
             for w in self.weights:
-                if w.device != device:
+                if w.device != device or w.shares:
                     continue
                 dev = devices[device]
                 size = (
@@ -191,9 +203,10 @@ class Model:
                 f"[gguf] {self.file.path}: the file shrank to {actual} bytes since it was "
                 f"opened ({self.file.size} expected)"
             )
-        total = sum(w.info.nbytes for w in self.weights)
+        copies = [w for w in self.weights if not w.shares]
+        total = sum(w.info.nbytes for w in copies)
         done = 0
-        for w in self.weights:
+        for w in copies:
             if _cancelled(cancel):
                 raise LoadCancelledError("load: cancelled")
             assert w.tensor is not None and w.tensor._storage is not None
