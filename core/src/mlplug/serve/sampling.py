@@ -38,7 +38,7 @@ class SamplingParams:
 def _softmax(z: np.ndarray) -> np.ndarray:
     import numpy as np
 
-    p = np.exp(z - z.max())
+    p: np.ndarray = np.exp(z - z.max())
     p /= p.sum()
     return p
 
