@@ -72,6 +72,10 @@ class TensorOps:
         """Return ``sqrt(x)`` element-wise (NaN below 0)."""
         return self._op_call(ctx, "sqrt", (), {})
 
+    def exp(self, ctx: Context) -> Tensor:
+        """Return ``e^x`` element-wise."""
+        return self._op_call(ctx, "exp", (), {})
+
     def scale(self, ctx: Context, s: float) -> Tensor:
         """Return ``x * f32(s)``."""
         return self._op_call(ctx, "scale", (), {"s": s})

@@ -995,6 +995,7 @@ _TABLE: list[OpDef] = [
     _unary_op("sigmoid", "Return ``1 / (1 + exp(-x))`` element-wise.", 8),
     _unary_op("sqr", "Return ``x * x`` element-wise.", 1, _ELEM),
     _unary_op("sqrt", "Return ``sqrt(x)`` element-wise (NaN below 0).", 8, _ELEM),
+    _unary_op("exp", "Return ``e^x`` element-wise.", 8),
     _unary_op("scale", "Return ``x * f32(s)``.", 1, _ELEM, _f32("s")),
     _unary_op("clamp", "Return ``max(min(x, hi), lo)``.", 1, _EXACT, _f32("lo"), _f32("hi")),
     # binary (§5.2)

@@ -34,6 +34,7 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
     "sqr": lambda x: x * x,
     "sqrt": np.sqrt,
+    "exp": np.exp,
 }
 
 _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {

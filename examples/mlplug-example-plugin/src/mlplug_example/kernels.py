@@ -119,6 +119,7 @@ UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sigmoid": lambda x: _ONE / (_ONE + np.exp(-x)),
     "sqr": np.square,
     "sqrt": np.sqrt,
+    "exp": np.exp,
 }
 
 BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {

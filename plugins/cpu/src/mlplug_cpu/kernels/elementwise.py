@@ -116,6 +116,7 @@ _UNARY: dict[str, Callable[[np.ndarray, np.ndarray], None]] = {
     "tanh": _ufunc(np.tanh),
     "sqr": _ufunc(np.square),
     "sqrt": _ufunc(np.sqrt),
+    "exp": _ufunc(np.exp),
     "relu": _relu,
     "gelu": _gelu,
     "silu": _silu,

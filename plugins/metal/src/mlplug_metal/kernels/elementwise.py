@@ -72,6 +72,7 @@ _UNARY: dict[str, Fn] = {
     "tanh": mx.tanh,
     "sqr": mx.square,
     "sqrt": mx.sqrt,
+    "exp": mx.exp,
     "relu": lambda x: mx.maximum(x, 0.0),
     "gelu": _gelu,
     "silu": lambda x: x / (mx.exp(-x) + 1.0),
