@@ -49,7 +49,7 @@ def test_every_unary_op_gets_the_generic_cases(op: str) -> None:
 @pytest.mark.parametrize("op", category("binary"))
 def test_every_binary_op_gets_the_generic_cases(op: str) -> None:
     for dtype in OPS[op].dtypes & {DType.F32, DType.F16, DType.BF16}:
-        assert _BINARY_SHAPES <= _labels(op, dtype), (op, dtype)
+        assert _labels(op, dtype) >= _BINARY_SHAPES, (op, dtype)
     assert op in KERNELS
     assert any(c.op == op for c in perf_cases())
 
