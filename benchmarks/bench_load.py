@@ -5,7 +5,7 @@ in fresh subprocesses measures:
 
 * ``cat FILE > /dev/null`` — the cost of reading the file (page cache warm, like the load);
 * ``mlplug``: ``new_backend(FILE)`` + ``load()`` on the cpu backend (weights allocated and every
-  byte copied from the memory map into device buffers), with the peak RSS of that process.
+  byte read from the file into device buffers), with the peak RSS of that process.
 
 Prints a table with the ratios; results go to ``benchmarks/RESULTS.md`` by hand, with the machine.
 

@@ -62,6 +62,7 @@ __all__ = [
     "Registrar",
     "SupportsCacheConfig",
     "SupportsDirectCopy",
+    "SupportsHostView",
     "SupportsWeightUpload",
     "TensorRef",
     "category",
@@ -235,6 +236,20 @@ class SupportsWeightUpload(Protocol):
 
     def weight_nbytes(self, dtype: DType, ne: tuple[int, int, int, int]) -> int:
         """Return the bytes the device really holds for a weight of this type and shape."""
+        ...
+
+
+@runtime_checkable
+class SupportsHostView(Protocol):
+    """Optional, on a :class:`Buffer` in host memory: a writable view of its bytes.
+
+    The loader reads a weight's file bytes straight into this view (one copy, with ``pread``:
+    a file truncated meanwhile gives ``GGUFError``, not a crash); other buffers get the bytes
+    through a staging chunk and ``write``.
+    """
+
+    def host_view(self, offset: int, n: int) -> memoryview:
+        """Return ``n`` writable bytes of the buffer from ``offset`` (format ``"B"``)."""
         ...
 
 

@@ -23,6 +23,7 @@ import contextlib
 import math
 import mmap
 import os
+import stat
 import struct
 import sys
 from dataclasses import dataclass
@@ -101,11 +102,14 @@ class _Reader(GGUFReader):
     gguf's reader, checked with gguf 0.17.1, 0.18 and 0.19 (the tests exercise every one).
     """
 
-    def __init__(self, path: str, where: _Where) -> None:
+    def __init__(self, fd: int, where: _Where) -> None:
         self._where = where
         self._depth = 0
         self.tensor_fields: list[ReaderField] = []
-        super().__init__(path, "r")
+        # The reader maps what it is given with np.memmap, which takes an open file too: give it
+        # the descriptor already checked to be a regular file, never the path again.
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            super().__init__(fh, "r")  # type: ignore[arg-type]
 
     def _get(
         self,
@@ -229,6 +233,7 @@ class GGUFFile:
 
     __slots__ = (
         "_buf",
+        "_fd",
         "_map",
         "alignment",
         "byte_order",
@@ -243,6 +248,7 @@ class GGUFFile:
     def __init__(
         self,
         path: str,
+        fd: int,
         fmap: mmap.mmap,
         version: int,
         byte_order: Literal["little", "big"],
@@ -252,6 +258,7 @@ class GGUFFile:
         metadata: dict[str, MetadataValue],
     ) -> None:
         self.path = path
+        self._fd = fd
         self._map: mmap.mmap | None = fmap
         self._buf: memoryview | None = memoryview(fmap)
         self.size = len(fmap)
@@ -279,24 +286,36 @@ class GGUFFile:
                 or tensor at fault.
         """
         spath = os.fspath(path)
-        with open(spath, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
-                raise GGUFError(f"[gguf] {spath}: empty file, expected a GGUF header")
-            fmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(spath, flags | getattr(os, "O_BINARY", 0))
         try:
-            return cls._parse(spath, fmap)
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise GGUFError(
+                    f"[gguf] {spath}: not a regular file ({_file_kind(info.st_mode)}), "
+                    "expected a GGUF file"
+                )
+            if info.st_size == 0:
+                raise GGUFError(f"[gguf] {spath}: empty file, expected a GGUF header")
+            fmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            return cls._parse(spath, fd, fmap)
         except BaseException:
             fmap.close()
+            os.close(fd)
             raise
 
     @classmethod
-    def _parse(cls, path: str, fmap: mmap.mmap) -> GGUFFile:
+    def _parse(cls, path: str, fd: int, fmap: mmap.mmap) -> GGUFFile:
         size = len(fmap)
         version, byte_order = _check_header(path, fmap)
         where = _Where()
         try:
-            reader = _Reader(path, where)
+            reader = _Reader(fd, where)
         except _READER_ERRORS as err:
             raise GGUFError(f"[gguf] {path}: {err} (while reading {where.text})") from err
         metadata: dict[str, MetadataValue] = {}
@@ -310,7 +329,7 @@ class GGUFFile:
         alignment = int(reader.alignment)
         data_offset = int(reader.data_offset)
         tensors = _tensors(path, reader.tensor_fields, alignment, data_offset, size)
-        return cls(path, fmap, version, byte_order, alignment, data_offset, tensors, metadata)
+        return cls(path, fd, fmap, version, byte_order, alignment, data_offset, tensors, metadata)
 
     def view(self, offset: int, n: int) -> memoryview:
         """Return ``n`` bytes of the file from absolute ``offset``: read-only, no copy.
@@ -326,6 +345,34 @@ class GGUFFile:
                 f"({self.size} bytes)"
             )
         return self._buf[offset : offset + n]
+
+    def read_into(self, offset: int, out: memoryview) -> None:
+        """Fill ``out`` with the file's bytes from absolute ``offset``, read with ``pread``.
+
+        Unlike :meth:`view`, this never touches the memory map, so a file truncated or rewritten
+        while it is read gives :class:`~mlplug.errors.GGUFError`, not a ``SIGBUS`` that kills the
+        process. The loader copies tensor data this way.
+
+        Raises:
+            GGUFError: The file ends before ``offset + len(out)`` (it shrank since it was
+                opened), or cannot be read.
+            ValueError: The file is closed.
+        """
+        if self._map is None:
+            raise ValueError(f"[gguf] {self.path}: file is closed")
+        out = out.cast("B")
+        done, n = 0, len(out)
+        while done < n:
+            try:
+                got = _pread_into(self._fd, out[done:], offset + done)
+            except OSError as err:
+                raise GGUFError(f"[gguf] {self.path}: cannot read the file ({err})") from err
+            if got == 0:
+                raise GGUFError(
+                    f"[gguf] {self.path}: the file ends at byte {offset + done}, expected "
+                    f"{self.size} bytes (it shrank since it was opened)"
+                )
+            done += got
 
     def release(self, offset: int, n: int) -> None:
         """Drop the pages of ``[offset, offset + n)`` from this process's resident memory.
@@ -357,6 +404,7 @@ class GGUFFile:
             # While views are still exported the map cannot close; it goes with the last one.
             with contextlib.suppress(BufferError):
                 fmap.close()
+            os.close(self._fd)
 
     def __enter__(self) -> GGUFFile:
         return self
@@ -367,6 +415,28 @@ class GGUFFile:
     def __repr__(self) -> str:
         state = "closed" if self._buf is None else f"{len(self.tensors)} tensors"
         return f"GGUFFile({self.path!r}, v{self.version}, {state})"
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _pread_into(fd: int, out: memoryview, offset: int) -> int:
+    """Read into ``out`` at ``offset``; return the bytes read (0 at the end of the file)."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [out], offset)
+    data = os.pread(fd, len(out), offset)  # no preadv (older macOS): one more copy
+    out[: len(data)] = data
+    return len(data)
 
 
 def _check_header(path: str, fmap: mmap.mmap) -> tuple[int, Literal["little", "big"]]:

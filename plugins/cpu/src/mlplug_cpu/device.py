@@ -76,6 +76,11 @@ class CpuBuffer:
         self._check(offset, n)
         return self.data[offset : offset + n].tobytes()
 
+    def host_view(self, offset: int, n: int) -> memoryview:
+        """Return ``n`` writable bytes from ``offset`` (the loader reads weights into it)."""
+        self._check(offset, n)
+        return memoryview(self.data[offset : offset + n])
+
     def free(self) -> None:
         """Return the memory to the device's budget. Idempotent."""
         self._release()
