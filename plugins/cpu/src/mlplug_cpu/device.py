@@ -79,7 +79,7 @@ class CpuBuffer:
     def host_view(self, offset: int, n: int) -> memoryview:
         """Return ``n`` writable bytes from ``offset`` (the loader reads weights into it)."""
         self._check(offset, n)
-        return memoryview(self.data[offset : offset + n])
+        return memoryview(self.data[offset : offset + n])  # type: ignore[arg-type]  # ndarray is a buffer
 
     def free(self) -> None:
         """Return the memory to the device's budget. Idempotent."""
