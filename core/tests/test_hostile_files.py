@@ -165,8 +165,9 @@ def test_block_count_beyond_the_tensors_is_refused_naming_the_key(
 
 
 def test_vocabulary_only_file_may_declare_blocks(tmp_path: Path) -> None:
-    import mlplug
     from gguf import GGUFValueType
+
+    import mlplug
 
     meta = {"llama.block_count": (GGUFValueType.UINT32, 32)}
     path = synth.write_gguf(tmp_path / "vocab.gguf", [], arch="llama", metadata=meta)
