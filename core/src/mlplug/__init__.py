@@ -28,6 +28,7 @@ from mlplug.errors import (
     ModelNotInstalledError,
     NotComputedError,
     ShapeError,
+    TokenizerError,
     UnsupportedModelError,
     UnsupportedOpError,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "ScaledDotProductAttention",
     "ShapeError",
     "Tensor",
+    "TokenizerError",
     "UnsupportedModelError",
     "UnsupportedOpError",
     "__version__",

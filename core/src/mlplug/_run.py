@@ -102,6 +102,7 @@ def _sampling(args: argparse.Namespace) -> Any:
 
 def _run(args: argparse.Namespace, path: Path) -> int:
     import mlplug
+    from mlplug._terminal import visible
     from mlplug.generate import GenerationStats, generate
     from mlplug.memory import format_bytes
     from mlplug.models import check_file, from_backend
@@ -170,11 +171,12 @@ def _run(args: argparse.Namespace, path: Path) -> int:
                 stop=tokenizer.is_eog,
                 stats=stats,
             ):
-                sys.stdout.write(stream.step(token))
+                # Generated text may hold ESC, BEL...: never send it raw to the terminal.
+                sys.stdout.write(visible(stream.step(token)))
                 sys.stdout.flush()
         except KeyboardInterrupt:
             interrupted = True
-        sys.stdout.write(stream.flush() + "\n\n")
+        sys.stdout.write(visible(stream.flush()) + "\n\n")
         print(
             f"prompt: {stats.prompt_tokens} tokens in {stats.prompt_seconds:.3f} s "
             f"({stats.prompt_tokens_per_second:.1f} tokens/s)"

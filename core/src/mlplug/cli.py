@@ -199,10 +199,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return command.serve(args)
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show ``(default: X)`` after each option's help, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:  # the help text says what "not given" means
+            return action.help
+        return super()._get_help_string(action)
+
+
+_BACKEND_HELP = "backend name (default: MLPLUG_BACKEND, else the highest-priority available)"
+_GPU_LAYERS_HELP = "layers to offload to GPUs, the last blocks first"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser, with the subcommands plugins add."""
+    from mlplug import __version__
+
     parser = argparse.ArgumentParser(prog="mlplug", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mlplug {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    defaults = _DefaultsFormatter  # every option's help shows its default
 
     p = sub.add_parser("backends", help="list backends, devices, availability and why not")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -214,11 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_backends)
 
-    p = sub.add_parser("info", help="model metadata and the per-device memory plan")
+    p = sub.add_parser(
+        "info", help="model metadata and the per-device memory plan", formatter_class=defaults
+    )
     p.add_argument("model", help="GGUF file or known model name (see `mlplug models`)")
-    p.add_argument("--backend", default=None)
-    p.add_argument("--num-gpu-layers", type=int, default=0)
-    p.add_argument("--main-gpu", type=int, default=0)
+    p.add_argument("--backend", default=None, help=_BACKEND_HELP)
+    p.add_argument("--num-gpu-layers", type=int, default=0, help=_GPU_LAYERS_HELP)
+    p.add_argument("--main-gpu", type=int, default=0, help="GPU of the output layer")
     p.add_argument("--tensor-split", default="", help="comma-separated shares, e.g. 3,1")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
@@ -227,21 +246,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("run", help="run a model (or the bundled demo) and print tokens/s")
+    p = sub.add_parser(
+        "run", help="run a model (or the bundled demo) and print tokens/s", formatter_class=defaults
+    )
     p.add_argument(
         "model",
         nargs="?",
         help="GGUF file or known model name such as gemma3:270m (default: the bundled demo)",
     )
-    p.add_argument("-p", "--prompt", default="Hello")
+    p.add_argument("-p", "--prompt", default="Hello", help="text to continue")
     p.add_argument(
         "-n", "--n-predict", type=int, default=32, help="most tokens to generate (EOG stops)"
     )
     p.add_argument("-c", "--ctx-size", type=int, default=0, help="context size (0: the model's)")
-    p.add_argument("--backend", default=None)
-    p.add_argument("--num-gpu-layers", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--flash-attention", action="store_true")
+    p.add_argument("--backend", default=None, help=_BACKEND_HELP)
+    p.add_argument("--num-gpu-layers", type=int, default=0, help=_GPU_LAYERS_HELP)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the plugin's choice)")
+    p.add_argument("--flash-attention", action="store_true", help="fused flash attention")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=40, help="keep the k most likely (0: all)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (1: off)")
@@ -272,6 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`mlplug backends | head`): stop quietly, as a process killed by
+        # SIGPIPE would, and keep Python from failing again while flushing stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
 
 
 if __name__ == "__main__":

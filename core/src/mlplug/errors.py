@@ -29,6 +29,7 @@ __all__ = [
     "NotComputedError",
     "RequestError",
     "ShapeError",
+    "TokenizerError",
     "UnsupportedModelError",
     "UnsupportedOpError",
 ]
@@ -108,6 +109,11 @@ class ModelFileError(MlplugError, ValueError):
     """A model file a model of ``mlplug.models`` cannot run: a required metadata key missing or
     inconsistent, a required tensor missing, or a tensor of the wrong shape. The message names
     the file and the key or tensor."""
+
+
+class TokenizerError(ModelFileError):
+    """The file's tokenizer metadata is missing or inconsistent, or the ``tokenizers`` library
+    rejects it (its bare ``Exception`` is wrapped, chained as the cause)."""
 
 
 class UnsupportedModelError(ModelFileError):

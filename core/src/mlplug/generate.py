@@ -9,6 +9,7 @@ the time spent in each phase so far.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,12 @@ class Sampling:
         problems = [
             f"{name} {value} outside {bounds}"
             for name, value, ok, bounds in (
+                (
+                    "temperature",
+                    self.temperature,
+                    math.isfinite(self.temperature),
+                    "the finite numbers",
+                ),
                 ("top_k", self.top_k, self.top_k >= 0, ">= 0"),
                 ("top_p", self.top_p, 0.0 < self.top_p <= 1.0, "(0, 1]"),
                 ("min_p", self.min_p, 0.0 <= self.min_p <= 1.0, "[0, 1]"),

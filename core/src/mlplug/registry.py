@@ -75,8 +75,10 @@ class _Entry:
 
 
 def _hint(name: str) -> str:
-    extra = name if name in _FIRST_PARTY else "cpu"
-    return f'pip install "mlplug[{extra}]"'
+    if name in _FIRST_PARTY:
+        return f'pip install "mlplug[{name}]"'
+    # A name mlplug does not ship: no extra installs it (suggesting mlplug[cpu] was wrong).
+    return f"install the plugin that provides {name!r} (`mlplug backends` lists what is installed)"
 
 
 def _register_engine_plugin(registrar: Registry | _PluginRegistrar, plugin: EnginePlugin) -> None:
@@ -304,8 +306,7 @@ class Registry:
             entry = self._entries.get(name)
         if entry is None:
             raise BackendNotFoundError(
-                f"[registry] unknown backend {name!r} ({self._describe(infos)}); "
-                f"install it: {_hint(name)}"
+                f"[registry] unknown backend {name!r} ({self._describe(infos)}); {_hint(name)}"
             )
         if entry.conflict:
             raise DuplicateBackendError(f"[registry] {entry.broken}")

@@ -28,6 +28,8 @@ from enum import IntEnum
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from mlplug.errors import TokenizerError
+
 if TYPE_CHECKING:
     import os
 
@@ -342,13 +344,37 @@ class Tokenizer:
             The tokenizer.
 
         Raises:
-            ValueError: The metadata has no usable tokenizer.
+            TokenizerError: The metadata has no usable tokenizer, or the ``tokenizers`` library
+                rejects it (a ``ValueError``; the library's own exception is the cause).
         """
+        try:
+            return cls._from_metadata(meta)
+        except TokenizerError:
+            raise
+        except Exception as err:  # tokenizers raises bare Exception on a corrupt vocabulary
+            text = str(err)
+            if not text.startswith("[tokenizer]"):
+                text = f"[tokenizer] the vocabulary is unusable ({type(err).__name__}: {text})"
+            raise TokenizerError(text) from err
+
+    @classmethod
+    def _from_metadata(cls, meta: Mapping[str, object] | Callable[[str], object]) -> Tokenizer:
         get = _normalise_metadata(meta)
+        n_tokens = len(_seq(get(_K + "tokens")) or ())
 
         def ident(key: str) -> int | None:
             value = get(_K + key)
-            return None if value is None else int(value)  # type: ignore[call-overload]
+            if value is None:
+                return None
+            token: int = int(value)  # type: ignore[call-overload]
+            if n_tokens and not 0 <= token < n_tokens:
+                # As llama.cpp: a special id outside the vocabulary is ignored, with a warning.
+                warnings.warn(
+                    f"[tokenizer] {_K + key} = {token} is outside the {n_tokens} tokens: ignored",
+                    stacklevel=3,
+                )
+                return None
+            return token
 
         def flag(key: str) -> bool | None:
             value = get(_K + key)
