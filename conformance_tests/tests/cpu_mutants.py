@@ -9,6 +9,8 @@ Each mutant wraps the real cpu devices and changes exactly one thing:
 * ``mutant_transpose``: ``mulmat`` writes its F32 result transposed (column-major).
 * ``mutant_nan``: every NaN in an F32 result becomes 0.
 * ``mutant_ulp``: one element in 4096 of every F32 result is off by a relative 1e-3.
+* ``mutant_gather``: ``rows`` with an out-of-range id returns zeros for every row instead of
+  raising (as an engine that bails out of the gather without reporting it would).
 
 ``register_mutants()`` registers them with the global registry as backends of the same names.
 """
@@ -25,7 +27,14 @@ from mlplug import DType
 from mlplug.device import EnginePlugin, Node, TensorRef, contiguous_strides
 from mlplug.engine import EngineFactory
 
-MUTANTS = ("mutant_stride", "mutant_broadcast", "mutant_transpose", "mutant_nan", "mutant_ulp")
+MUTANTS = (
+    "mutant_stride",
+    "mutant_broadcast",
+    "mutant_transpose",
+    "mutant_nan",
+    "mutant_ulp",
+    "mutant_gather",
+)
 
 
 def _f32_out(ref: TensorRef) -> np.ndarray | None:
@@ -135,12 +144,26 @@ def _ulp(inner: object, node: Node) -> bool:
     return True
 
 
+def _gather(inner: object, node: Node) -> bool:
+    if node.op != "rows" or node.out.dtype is not DType.F32:
+        return False
+    table, ids_ref = node.srcs
+    assert table is not None and ids_ref is not None and ids_ref.buffer is not None
+    start, stop = ids_ref.span()
+    ids = np.frombuffer(ids_ref.buffer.read(start, stop - start), dtype="<i4")
+    if ((ids >= 0) & (ids < table.ne[1])).all():
+        return False
+    _write(node.out, np.zeros(node.out.n))
+    return True
+
+
 _MUTATIONS: dict[str, Callable[[object, Node], bool]] = {
     "mutant_stride": _stride,
     "mutant_broadcast": _broadcast,
     "mutant_transpose": _transpose,
     "mutant_nan": _nan,
     "mutant_ulp": _ulp,
+    "mutant_gather": _gather,
 }
 
 

@@ -17,6 +17,7 @@ MUST_FAIL = {
     "mutant_transpose": {"mulmat"},
     "mutant_nan": {"sqrt"},
     "mutant_ulp": {"mulmat", "add"},
+    "mutant_gather": {"rows"},
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from mlplug.dtype import DType
 
 from .dsl import CREATE_WEIGHT, case, inp, step
-from .model import Case, ints
+from .model import Case, explicit, ints
 
 __all__ = ["generate"]
 
@@ -109,6 +109,20 @@ def _mulmat_id(dt: DType) -> list[Case]:
                 step("xt", "permute", "x", axes=(0, 2, 1, 3)),
                 step("y", "mulmat_id", "w", "xt", "ids"),
             ],
+        )
+    )
+    out.append(
+        case(
+            "mulmat_id",
+            dt,
+            "ids-out-of-range",
+            [
+                inp("w", dt, 32, 5, 4),
+                inp("x", f32, 32, 1, 3),
+                inp("ids", i32, 2, 3, fill=explicit([0, 4, 3, -1, 1 << 20, 2])),
+            ],
+            [step("y", "mulmat_id", "w", "x", "ids")],
+            bad_ids="ids",
         )
     )
     return out

@@ -172,6 +172,10 @@ class Case:
         layout: ``"permuted_v"`` / ``"standard_v"``: the case only applies to a backend whose
             ``cache_config().permuted_v`` is true / false (block-dtype values exist only in the
             standard layout); ``None``: any.
+        bad_ids: Name of an input of gather indices that holds out-of-range ids (``rows``,
+            ``mulmat_id``; §5.4): the backend must raise ``IndexError`` or compute every output
+            column whose id is in range right (the others are unspecified), never read outside
+            the operands.
     """
 
     id: str
@@ -182,6 +186,7 @@ class Case:
     extra: tuple[str, ...] = ()
     flash_attention: bool = False
     layout: str | None = None
+    bad_ids: str | None = None
 
     def applies(self, permuted_v: bool) -> bool:
         """Whether the case applies to a backend with this value layout."""

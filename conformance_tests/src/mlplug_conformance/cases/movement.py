@@ -509,6 +509,14 @@ def _rows(dt: DType) -> list[Case]:
         case(
             "rows",
             dt,
+            "ids-out-of-range",
+            [inp("a", dt, d, 4), inp("i", DType.I32, 6, fill=explicit([1, 4, 0, -1, 3, 1 << 20]))],
+            [step("y", "rows", "a", "i")],
+            bad_ids="i",
+        ),
+        case(
+            "rows",
+            dt,
             "empty-ids",
             [inp("a", dt, d, 5), inp("i", DType.I32, 0)],
             [step("y", "rows", "a", "i")],
