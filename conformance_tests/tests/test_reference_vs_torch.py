@@ -130,9 +130,7 @@ CONV = [
 
 
 @pytest.mark.parametrize(("inp", "ker", "geom"), CONV)
-def test_conv_2d(
-    inp: tuple[int, ...], ker: tuple[int, int, int], geom: tuple[int, ...]
-) -> None:
+def test_conv_2d(inp: tuple[int, ...], ker: tuple[int, int, int], geom: tuple[int, ...]) -> None:
     rng = np.random.default_rng(6)
     w, h, ic, n = inp
     kw, kh, oc = ker
