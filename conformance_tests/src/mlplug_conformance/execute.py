@@ -23,7 +23,12 @@ from mlplug.device import Meta
 from mlplug_conformance import convert
 from mlplug_conformance.bounds import buffer_expectation, expectation
 from mlplug_conformance.cases import Case, Input
-from mlplug_conformance.cases.program import build_inputs, build_steps, evaluate_reference
+from mlplug_conformance.cases.program import (
+    bad_id_mask,
+    build_inputs,
+    build_steps,
+    evaluate_reference,
+)
 from mlplug_conformance.checks import Expected, Failure, rerun_command, verify
 from mlplug_conformance.expectations import Expectations
 from mlplug_conformance.reference import numpy_shape
@@ -90,14 +95,8 @@ def run_case(
     result = CaseResult(case.id, case.op, case.dtype.name, "pass")
     rerun = rerun_command(backend_name, case.id)
     values = case.values()
-    bad = _bad_ids(case, values)
-    ref_values = values
-    if bad is not None:
-        # The reference reads id 0 where the device got an out-of-range id; those output
-        # columns are unspecified (§5.4) and taken from the device's result below.
-        assert case.bad_ids is not None
-        ref_values = {**values, case.bad_ids: np.where(bad, 0, values[case.bad_ids])}
-    ref = evaluate_reference(case, ref_values, permuted_v)
+    bad = bad_id_mask(case, values)
+    ref = evaluate_reference(case, values, permuted_v)
     prep = None
     try:
         prep, tensors, problems = build_inputs(backend, case, values, weights)
@@ -151,19 +150,6 @@ def run_case(
             prep.close()
         result.seconds = time.perf_counter() - start
     return result
-
-
-def _bad_ids(case: Case, values: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """Return where ``case.bad_ids`` holds ids outside the gathered extent (``None``: no such
-    input)."""
-    if case.bad_ids is None:
-        return None
-    receiver = values[case.steps[-1].args[0] or ""]
-    # rows gathers rows (numpy axis -2) of the table; mulmat_id experts (axis -3) of `as_`.
-    extent = receiver.shape[-2] if case.op == "rows" else receiver.shape[-3]
-    ids = values[case.bad_ids]
-    bad: np.ndarray = (ids < 0) | (ids >= extent)
-    return bad
 
 
 def _unspecified_columns(want: Expected, bad: np.ndarray, got: np.ndarray) -> Expected:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RefRun",
     "RefStep",
+    "bad_id_mask",
     "build_inputs",
     "build_steps",
     "call",
@@ -202,8 +203,29 @@ class RefRun:
     buffers: dict[str, np.ndarray]
 
 
+def bad_id_mask(case: Case, values: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """Return where ``case.bad_ids`` holds ids outside the gathered extent (``None``: no such
+    input). ``rows`` gathers rows of its table (numpy axis -2), ``mulmat_id`` experts of ``as_``
+    (axis -3)."""
+    if case.bad_ids is None:
+        return None
+    receiver = values[case.steps[-1].args[0] or ""]
+    extent = receiver.shape[-2] if case.op == "rows" else receiver.shape[-3]
+    ids = values[case.bad_ids]
+    bad: np.ndarray = (ids < 0) | (ids >= extent)
+    return bad
+
+
 def evaluate_reference(case: Case, values: dict[str, np.ndarray], permuted_v: bool) -> RefRun:
-    """Evaluate the case's program on the reference (see the module docstring)."""
+    """Evaluate the case's program on the reference (see the module docstring).
+
+    Out-of-range gather ids (``case.bad_ids``) are read as id 0: the output columns they produce
+    are unspecified (§5.4), and the checks take them from the device's result.
+    """
+    bad = bad_id_mask(case, values)
+    if bad is not None:
+        assert case.bad_ids is not None
+        values = {**values, case.bad_ids: np.where(bad, 0, values[case.bad_ids])}
     memory: dict[str, np.ndarray] = {}
     env: dict[str, _Value] = {}
     for inp in case.inputs:
