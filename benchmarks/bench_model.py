@@ -250,11 +250,123 @@ def run_mlplug(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.profile:
         pos = args.prompt + len(decode)
-        result["profile"] = _profile(model, cache, Batch.single([N_SPECIAL + 256], pos), "decode")
+        result["profile"] = _breakdown(model, cache, [N_SPECIAL + 256 + i for i in range(8)], pos)
+        pos += 8
+        result["profile"] += _profile(model, cache, Batch.single([N_SPECIAL + 256], pos), "decode")
         cache.remove(0, 0)
         result["profile"] += _profile(model, cache, Batch.single(prompt, 0), "prompt")
     backend.close()
     return result
+
+
+def _breakdown(model: Any, cache: Any, tokens: list[int], pos: int) -> str:
+    """Return where the time of decode steps goes: kernels per op kind, and the framework.
+
+    Each cpu kernel call is timed (the plugin's kernel table is wrapped); the engine's phases
+    are timed by wrapping graph building (``model.build``), ``Context.forward``, planning
+    (``GraphBackend._plan``) and execution (``GraphBackend._execute``), exclusive of each other.
+    Framework = step time minus kernel time. Each part is given as wall time and as the CPU time
+    of the calling thread (the framework is single-threaded Python: its CPU time is what it
+    costs, whatever else loads the machine). Medians over the steps.
+    """
+    import statistics
+    from collections import defaultdict
+
+    from mlplug.context import Context
+    from mlplug.engine.graph_backend import GraphBackend
+    from mlplug.models.llama import Batch
+    from mlplug_cpu import device as cpu_device
+
+    wall: dict[str, float] = defaultdict(float)
+    cpu: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    clocks = (time.perf_counter, time.thread_time)
+    inner: list[tuple[float, float]] = [(0.0, 0.0)]  # time of timed calls nested in the running one
+
+    def timed(name: str, fn: Any, count: bool = False) -> Any:
+        # Exclusive time: a phase nested in another (forward inside graph building) counts once.
+        def run(*a: Any, **k: Any) -> Any:
+            w0, c0 = clocks[0](), clocks[1]()
+            outer, inner[0] = inner[0], (0.0, 0.0)
+            try:
+                return fn(*a, **k)
+            finally:
+                w, c = clocks[0]() - w0, clocks[1]() - c0
+                wall[name] += w - inner[0][0]
+                cpu[name] += c - inner[0][1]
+                calls[name] += count
+                inner[0] = (outer[0] + w, outer[1] + c)
+
+        return run
+
+    cls = type(model)
+    saved = (
+        cpu_device.KERNELS,
+        cls.build,
+        Context.forward,
+        GraphBackend._plan,
+        GraphBackend._execute,
+    )
+    cpu_device.KERNELS = {op: timed(f"kernel {op}", fn, True) for op, fn in saved[0].items()}
+    cls.build = timed("graph building", saved[1])
+    Context.forward = timed("forward (graph walk)", saved[2])  # type: ignore[method-assign]
+    GraphBackend._plan = timed("planning", saved[3])  # type: ignore[method-assign]
+    GraphBackend._execute = timed("dispatch", saved[4])  # type: ignore[method-assign]
+    steps: list[dict[str, tuple[float, float]]] = []
+    n_calls: dict[str, int] = {}
+    try:
+        for i, tok in enumerate(tokens):
+            wall.clear(), cpu.clear(), calls.clear()
+            w0, c0 = clocks[0](), clocks[1]()
+            model.forward(cache, Batch.single([tok], pos + i))
+            step = {k: (wall[k], cpu[k]) for k in wall}
+            total = (clocks[0]() - w0, clocks[1]() - c0)
+            kern = [v for k, v in step.items() if k.startswith("kernel ")]
+            kw, kc = sum(v[0] for v in kern), sum(v[1] for v in kern)
+            step["total"] = total
+            step["kernels"] = (kw, kc)
+            step["framework"] = (total[0] - kw, total[1] - kc)
+            named = sum(v[0] for k, v in step.items() if k in _FRAMEWORK_PARTS)
+            named_c = sum(v[1] for k, v in step.items() if k in _FRAMEWORK_PARTS)
+            step["other (logits, contexts, cache bookkeeping)"] = (
+                step["framework"][0] - named,
+                step["framework"][1] - named_c,
+            )
+            steps.append(step)
+            n_calls = {k[7:]: n for k, n in calls.items() if k.startswith("kernel ")}
+    finally:
+        cpu_device.KERNELS = saved[0]
+        cls.build = saved[1]
+        Context.forward = saved[2]  # type: ignore[method-assign]
+        GraphBackend._plan = saved[3]  # type: ignore[method-assign]
+        GraphBackend._execute = saved[4]  # type: ignore[method-assign]
+
+    def med(k: str, j: int) -> float:
+        return statistics.median(s.get(k, (0.0, 0.0))[j] for s in steps) * 1e3
+
+    nodes = sum(n_calls.values())
+    out = [
+        f"decode step breakdown (median of {len(steps)} steps; {nodes} kernel calls per step):",
+        "| part | wall ms/token | CPU ms/token (this thread) | calls |",
+        "|---|---|---|---|",
+    ]
+    for k in ("total", "kernels", "framework", *_FRAMEWORK_PARTS):
+        out.append(f"| {k} | {med(k, 0):.2f} | {med(k, 1):.2f} | |")
+    k = "other (logits, contexts, cache bookkeeping)"
+    out.append(f"| {k} | {med(k, 0):.2f} | {med(k, 1):.2f} | |")
+    kernels = sorted(n_calls, key=lambda op: -med(f"kernel {op}", 0))
+    for op in kernels:
+        k = f"kernel {op}"
+        out.append(f"| {k} | {med(k, 0):.2f} | {med(k, 1):.2f} | {n_calls[op]} |")
+    fw_w, fw_c = med("framework", 0), med("framework", 1)
+    out.append(
+        f"framework per kernel call: {fw_w / max(nodes, 1) * 1e3:.1f} µs wall, "
+        f"{fw_c / max(nodes, 1) * 1e3:.1f} µs CPU"
+    )
+    return "\n".join(out) + "\n\n"
+
+
+_FRAMEWORK_PARTS = ("graph building", "forward (graph walk)", "planning", "dispatch")
 
 
 def _profile(model: Any, cache: Any, batch: Any, what: str) -> str:

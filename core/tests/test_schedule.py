@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 import mlplug
@@ -169,3 +170,87 @@ def test_make_plan_is_the_three_steps(
     p = place(ctx, ix)
     alone = plan_liveness(ix, p, route_transfers(ix, p), devices)  # type: ignore[arg-type]
     assert plan.steps == alone.steps and plan.slots == alone.slots and plan.arena == alone.arena
+
+
+# -- plans reused for graphs of the same structure ------------------------------------------------
+
+
+def _chain(ctx: mlplug.Context, values: list[float], n_ops: int = 3) -> Tensor:
+    y = ctx.input().from_float_slice(values, len(values))
+    for _ in range(n_ops):
+        y = y.scale(ctx, 2.0)
+    return y.add(ctx, ctx.input().from_float_slice([1.0] * len(values), len(values)))
+
+
+def test_a_graph_of_the_same_structure_reuses_the_plan(
+    toy: mlplug.Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlplug.engine import graph_backend
+
+    made: list[object] = []
+
+    def counting(*args: object, **kw: object) -> object:
+        plan = make_plan(*args, **kw)  # type: ignore[arg-type]
+        made.append(plan)
+        return plan
+
+    monkeypatch.setattr(graph_backend, "make_plan", counting)
+    results = []
+    for step in range(4):  # new contexts, new input buffers, new values: one plan
+        ctx = toy.new_context()
+        y = _chain(ctx, [float(step), 1.0, 2.0])
+        ctx.forward(y).compute(y)
+        results.append(y.floats().tolist())
+        ctx.close()
+    assert len(made) == 1
+    assert results == [[8.0 * s + 1, 9.0, 17.0] for s in range(4)]
+    ctx = toy.new_context()
+    y = _chain(ctx, [1.0, 2.0, 3.0], n_ops=4)  # another structure: planned anew
+    ctx.forward(y).compute(y)
+    assert len(made) == 2 and y.floats().tolist() == [17.0, 33.0, 49.0]
+    ctx = toy.new_context()
+    y = _chain(ctx, [1.0, 2.0, 3.0, 4.0])  # another shape: planned anew
+    ctx.forward(y).compute(y)
+    assert len(made) == 3 and y.floats().tolist() == [9.0, 17.0, 25.0, 33.0]
+
+
+def test_recomputing_a_graph_reads_the_buffers_current_values(toy: mlplug.Backend) -> None:
+    ctx = toy.new_context()
+    x = ctx.input().zeros(DType.F32, 4)
+    y = x.scale(ctx, 3.0)
+    ctx.forward(y).compute(y)
+    assert y.floats().tolist() == [0.0] * 4
+    ctx._family.executor.fill(x, np.array([1, 2, 3, 4], np.float32).tobytes())
+    ctx.compute(y)
+    assert y.floats().tolist() == [3.0, 6.0, 9.0, 12.0]
+
+
+def test_reused_plans_follow_a_grown_arena(toy: mlplug.Backend) -> None:
+    small = toy.new_context()
+    y = _chain(small, [1.0, 2.0])
+    small.forward(y).compute(y)
+    big = toy.new_context()
+    z = _chain(big, [float(i) for i in range(4096)])
+    big.forward(z).compute(z)  # the arena grows: records made for the old one are stale
+    again = toy.new_context()
+    w = _chain(again, [3.0, 4.0])
+    again.forward(w).compute(w)
+    assert w.floats().tolist() == [25.0, 33.0]
+    assert z.floats()[-1] == 8.0 * 4095 + 1
+
+
+def test_operands_on_the_same_leaf_or_on_two_leaves_are_different_structures(
+    toy: mlplug.Backend,
+) -> None:
+    ctx = toy.new_context()
+    a = ctx.input().from_float_slice([1.0, 2.0], 2)
+    b = ctx.input().from_float_slice([10.0, 20.0], 2)
+    same = a.add(ctx, a)
+    ctx.forward(same).compute(same)
+    other = toy.new_context()
+    c = other.input().from_float_slice([1.0, 2.0], 2)
+    d = other.input().from_float_slice([10.0, 20.0], 2)
+    two = c.add(other, d)
+    other.forward(two).compute(two)
+    assert same.floats().tolist() == [2.0, 4.0] and two.floats().tolist() == [11.0, 22.0]
+    assert b.floats().tolist() == [10.0, 20.0]

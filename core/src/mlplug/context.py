@@ -40,11 +40,13 @@ class Family:
         "executor",
         "graph",
         "in_graph",
+        "memo",
         "results",
     )
 
     def __init__(self, executor: GraphExecutor, capacity: int) -> None:
         self.executor = executor
+        self.memo: object = None  # the executor's own state for this graph (e.g. its plan)
         self.capacity = capacity
         self.graph: list[Tensor] = []
         self.in_graph: set[int] = set()

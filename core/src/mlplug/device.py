@@ -209,7 +209,9 @@ class Device(Protocol):
         """Return ``None`` if the device can execute ``node``, else the reason it cannot.
 
         Called at scheduling time with refs whose ``buffer`` is ``None``; a node the device
-        refuses runs on the CPU device, with the copies inserted by the engine.
+        refuses runs on the CPU device, with the copies inserted by the engine. The answer must
+        depend only on the node as described (op, params, layouts): the engine reuses a plan for
+        every later graph of the same structure without asking again.
         """
         ...
 

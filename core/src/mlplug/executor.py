@@ -12,7 +12,8 @@ What an executor may read and write on the graph's objects (they are the engine-
 
 * ``Family.graph`` (nodes in execution order: operands before dependents), ``Family.in_graph``
   (their ids), ``Family.buffers`` (what ``create_buffer`` appended), ``Family.results``
-  (retained results, by id), ``Family.closed``;
+  (retained results, by id), ``Family.closed``, and ``Family.memo`` (the executor's own state
+  for the family's graph, e.g. its plan; ``None`` at creation);
 * a node's ``_op`` (a name of :data:`mlplug.ops.OPS`; ``None`` for a buffer tensor), ``_srcs``,
   ``_params``, ``_meta`` (:class:`~mlplug.ops.Meta`: dtype, extents, byte strides, offset),
   ``_root`` (the buffer or node whose storage a view or ``copy`` result lies in);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from mlplug.placement import layer_devices, normalized_splits
 from mlplug.tensor import Storage, Tensor
 
 from .books import Books, round_up
-from .schedule import GraphIndex, Plan, Step, make_plan
+from .schedule import NONE, GraphIndex, Plan, Step, make_plan
 
 if TYPE_CHECKING:
     from mlplug.config import Config
@@ -49,6 +50,67 @@ _FLASH = CacheConfig(
 _NO_FLASH = CacheConfig(
     cache_padding=32, permuted_v=True, mask_dtype=DType.OTHER, mask_batch_padding=0
 )
+
+
+_PROGRAMS = 32
+"""Plans kept per backend (least recently used dropped first)."""
+
+
+class _Program:
+    """A plan and the device records last built from it.
+
+    A plan depends only on the graph's structure (:attr:`GraphIndex.key`), so graphs of the same
+    structure share it. A node's record (the :class:`Node` with its buffer windows) depends, in
+    addition, on the arenas and on the buffers of the leaves it touches; records are rebuilt only
+    for the steps whose arenas or leaf buffers changed since they were made.
+    """
+
+    __slots__ = ("arenas", "bases", "leaf_steps", "plan", "records")
+
+    def __init__(self, plan: Plan, ix: GraphIndex) -> None:
+        self.plan = plan
+        self.records: list[Node | None] = [None] * len(plan.steps)
+        self.arenas: tuple[Buffer | None, ...] = ()
+        self.bases: list[tuple[Buffer | None, int] | None] = [None] * len(ix.leaves)
+        self.leaf_steps: list[list[int]] = [[] for _ in ix.leaves]
+        for k, step in enumerate(plan.steps):
+            if step.node < 0:
+                continue
+            refs = [ix.root[step.node]]
+            refs += [r for r, t in zip(ix.srcs[step.node], step.remote, strict=True) if t < 0]
+            for r in set(refs):
+                if r < 0 and r != NONE:
+                    self.leaf_steps[-1 - r].append(k)
+
+    def valid_records(self, ix: GraphIndex, arenas: Sequence[Buffer | None]) -> list[Node | None]:
+        """Return the records, with those made stale by new arenas or leaf buffers cleared."""
+        if len(self.arenas) != len(arenas) or any(
+            a is not b for a, b in zip(self.arenas, arenas, strict=True)
+        ):
+            self.arenas = tuple(arenas)
+            self.records = [None] * len(self.records)
+            self.bases = [None] * len(self.bases)
+        records, bases = self.records, self.bases
+        for j, leaf in enumerate(ix.leaves):
+            storage = leaf._storage
+            assert storage is not None
+            old = bases[j]
+            if old is None or old[0] is not storage.buffer or old[1] != storage.offset:
+                for k in self.leaf_steps[j]:
+                    records[k] = None
+                bases[j] = (storage.buffer, storage.offset)
+        return records
+
+
+class _Memo:
+    """What a family remembers of its last plan: valid while its graph has not grown."""
+
+    __slots__ = ("ix", "outputs", "program", "size")
+
+    def __init__(
+        self, size: int, outputs: tuple[int, ...], ix: GraphIndex, program: _Program
+    ) -> None:
+        self.size, self.outputs, self.ix, self.program = size, outputs, ix, program
 
 
 class GraphBackend:
@@ -90,6 +152,7 @@ class GraphBackend:
         self._families: weakref.WeakSet[Family] = weakref.WeakSet()
         self._arenas: list[Buffer | None] = [None] * len(devices)
         self._arena_size = [0] * len(devices)
+        self._programs: OrderedDict[object, _Program] = OrderedDict()
         self._weights_family = Family(self, 0)
         self._model: Any = None  # engine.weights.Model when a file is given
         self._loaded = model_path is None
@@ -230,6 +293,7 @@ class GraphBackend:
                 arena.free()
             self._arenas[i] = None
             self._arena_size[i] = 0
+        self._programs.clear()
         for device in self.devices:
             device.close()
         self.closed = True
@@ -294,6 +358,7 @@ class GraphBackend:
         family.results.clear()
         family.graph.clear()
         family.in_graph.clear()
+        family.memo = None
 
     def read_bytes(self, t: Tensor) -> bytes:
         """Return a tensor's bytes in logical order (§2.4)."""
@@ -330,26 +395,41 @@ class GraphBackend:
         assert t._storage is not None
         return t._storage.device
 
-    def _plan(self, family: Family, outputs: Sequence[Tensor]) -> tuple[GraphIndex, Plan]:
-        ix = GraphIndex(family.graph, outputs, self.is_weight, self._storage_device)
-        main = self.params.main_gpu + 1 if self.n_gpus else 0
-        plan = make_plan(
-            ix,
-            self.devices,
-            main,
-            self.is_weight,
-            self._storage_device,
-            cpu_fallback=self.params.cpu_fallback,
-        )
-        return ix, plan
+    def _plan(self, family: Family, outputs: Sequence[Tensor]) -> tuple[GraphIndex, _Program]:
+        """Return the family's graph by position and its program (cached, see module doc)."""
+        graph = family.graph
+        wanted = tuple(id(t) for t in outputs)
+        memo = family.memo
+        if isinstance(memo, _Memo) and memo.size == len(graph) and memo.outputs == wanted:
+            return memo.ix, memo.program
+        ix = GraphIndex(graph, outputs, self.is_weight, self._storage_device)
+        program = self._programs.get(ix.key)
+        if program is None:
+            main = self.params.main_gpu + 1 if self.n_gpus else 0
+            plan = make_plan(
+                ix,
+                self.devices,
+                main,
+                self.is_weight,
+                self._storage_device,
+                cpu_fallback=self.params.cpu_fallback,
+            )
+            program = _Program(plan, ix)
+            self._programs[ix.key] = program
+            if len(self._programs) > _PROGRAMS:
+                self._programs.popitem(last=False)
+        else:
+            self._programs.move_to_end(ix.key)
+        family.memo = _Memo(len(graph), wanted, ix, program)
+        return ix, program
 
     def reserve(self, family: Family) -> None:
         """Plan the family's graph and allocate its arenas, executing nothing."""
         with self._guard("reserve"):
             consumed = {id(s) for n in family.graph for s in n._srcs if s is not None}
             leaves = [n for n in family.graph if id(n) not in consumed]
-            _, plan = self._plan(family, leaves)
-            self._ensure_arenas(plan.arena)
+            _, program = self._plan(family, leaves)
+            self._ensure_arenas(program.plan.arena)
 
     def _ensure_arenas(self, needed: dict[int, int]) -> None:
         order = [*range(1, len(self.devices)), 0]
@@ -385,12 +465,13 @@ class GraphBackend:
             if not family.graph:
                 return
             outputs = [t for t in listed if id(t) in family.in_graph and t._meta.n]
-            ix, plan = self._plan(family, outputs)
+            ix, program = self._plan(family, outputs)
+            plan = program.plan
             if plan.reads_weights and not self._loaded:
                 raise NotComputedError("compute: the graph reads weights before load() returned")
             self._ensure_arenas(plan.arena)
             try:
-                self._execute(ix, plan)
+                self._execute(ix, program)
                 for device in self.devices:
                     device.synchronize()
             except DeviceOutOfMemory as err:
@@ -439,10 +520,12 @@ class GraphBackend:
         buffer, base = self._base(ix, plan, r)
         return TensorRef(buffer, base + meta.offset, meta.ne, meta.nb, meta.dtype)
 
-    def _execute(self, ix: GraphIndex, plan: Plan) -> None:
+    def _execute(self, ix: GraphIndex, program: _Program) -> None:
+        plan = program.plan
+        steps = plan.steps
+        records = program.valid_records(ix, self._arenas)
         batch: list[Node] = []
         batch_device = -1
-        steps = plan.steps
 
         def moved(t: int) -> Step | None:
             return steps[t] if t >= 0 else None
@@ -453,7 +536,7 @@ class GraphBackend:
                 self.devices[batch_device].execute(batch)
                 batch = []
 
-        for step in plan.steps:
+        for k, step in enumerate(steps):
             if step.node < 0:
                 flush()
                 src_buffer, src_base = self._base(ix, plan, step.source)
@@ -470,19 +553,22 @@ class GraphBackend:
                     stop - start,
                 )
                 continue
-            i = step.node
-            node = ix.graph[i]
             if step.device != batch_device:
                 flush()
                 batch_device = step.device
-            srcs = tuple(
-                None if s is None else self._window(ix, plan, s._meta, r, moved(t))
-                for s, r, t in zip(node._srcs, ix.srcs[i], step.remote, strict=True)
-            )
-            out = self._window(ix, plan, node._meta, ix.root[i])
-            if OPS[node._op or ""].kind == "copy":
-                srcs = (srcs[0], out)
-            batch.append(Node(node._op or "", out, srcs, node._params))
+            record = records[k]
+            if record is None:
+                i = step.node
+                node = ix.graph[i]
+                srcs = tuple(
+                    None if s is None else self._window(ix, plan, s._meta, r, moved(t))
+                    for s, r, t in zip(node._srcs, ix.srcs[i], step.remote, strict=True)
+                )
+                out = self._window(ix, plan, node._meta, ix.root[i])
+                if OPS[node._op or ""].kind == "copy":
+                    srcs = (srcs[0], out)
+                record = records[k] = Node(node._op or "", out, srcs, node._params)
+            batch.append(record)
         flush()
 
     def _transfer(
