@@ -13,6 +13,7 @@ import pytest
 
 import mlplug
 from mlplug import BackendParams, DType
+from mlplug.device import EnginePlugin, Node
 from mlplug.engine import EngineFactory, GraphBackend
 from mlplug.engine.schedule import (
     GraphIndex,
@@ -254,3 +255,56 @@ def test_operands_on_the_same_leaf_or_on_two_leaves_are_different_structures(
     other.forward(two).compute(two)
     assert same.floats().tolist() == [2.0, 4.0] and two.floats().tolist() == [11.0, 22.0]
     assert b.floats().tolist() == [10.0, 20.0]
+
+
+class _Picky(ToyDevice):
+    """A toy CPU that declines ``neg`` of a window not at the start of its buffer."""
+
+    def unsupported(self, node: Node) -> str | None:
+        src = node.srcs[0] if node.srcs else None
+        if node.op == "neg" and src is not None and src.offset:
+            return "neg needs an offset of 0"
+        return super().unsupported(node)
+
+
+def test_two_views_of_one_storage_are_different_operands() -> None:
+    plugin = EnginePlugin(name="picky", load=lambda params: [_Picky("CPU", "cpu")])
+    with EngineFactory(plugin)(None, BackendParams()) as backend:
+        for first in (True, False):
+            ctx = backend.new_context()
+            x = ctx.input().from_float_slice([1.0, 2.0, 3.0, 4.0], 4)
+            lo, hi = x.view(ctx, 0, 2), x.view(ctx, 8, 2)
+            y = (lo if first else hi).neg(ctx)
+            ctx.forward(lo, hi, y)  # the same nodes; y reads another view
+            if first:
+                ctx.compute(y)
+                assert y.floats().tolist() == [-1.0, -2.0]
+            else:
+                with pytest.raises(mlplug.UnsupportedOpError, match="offset of 0"):
+                    ctx.compute(y)
+
+
+class _NoF16Products(ToyDevice):
+    """A toy CPU that declines ``mulmat`` of an F16 matrix (even an empty one)."""
+
+    def unsupported(self, node: Node) -> str | None:
+        src = node.srcs[0] if node.srcs else None
+        if node.op == "mulmat" and src is not None and src.dtype is DType.F16:
+            return "no F16 products"
+        return super().unsupported(node)
+
+
+def test_the_layout_of_an_empty_operand_is_part_of_the_structure() -> None:
+    plugin = EnginePlugin(name="nof16", load=lambda params: [_NoF16Products("CPU", "cpu")])
+    with EngineFactory(plugin)(None, BackendParams()) as backend:
+        for dtype in (DType.F32, DType.F16):
+            ctx = backend.new_context()
+            a = ctx.input().zeros(dtype, 0)  # no element: nothing is read, but the device sees it
+            y = a.mulmat(ctx, ctx.input().zeros(DType.F32, 0))
+            ctx.forward(y)
+            if dtype is DType.F32:
+                ctx.compute(y)
+                assert y.floats().tolist() == [0.0]
+            else:
+                with pytest.raises(mlplug.UnsupportedOpError, match="no F16 products"):
+                    ctx.compute(y)

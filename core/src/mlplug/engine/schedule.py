@@ -127,7 +127,14 @@ class GraphIndex:
             self.root.append(ref(node))
             srcs = tuple(NONE if s is None or s._meta.n == 0 else ref(s) for s in node._srcs)
             self.srcs.append(srcs)
-            node_keys.append((node._op, node._meta, _params_key(node._params), srcs))
+            # The key names each operand itself (a view is a node of its own), not its root:
+            # two views of one storage are different operands. A zero-size buffer operand is
+            # not indexed (nothing is read from it) but devices see its layout: it is described.
+            operands = tuple(
+                NONE if s is None else refs.get(id(s), r if r != NONE else (NONE, s._meta))
+                for s, r in zip(node._srcs, srcs, strict=True)
+            )
+            node_keys.append((node._op, node._meta, _params_key(node._params), operands))
         self.outputs = tuple(ref(t) for t in outputs)
         self.key = (tuple(node_keys), tuple(leaf_keys), self.outputs)
 
