@@ -35,7 +35,7 @@ import uvicorn
 import mlplug
 from mlplug._run import demo_model_path
 from mlplug.generate import generate
-from mlplug.models.llama import Llama
+from mlplug.models import from_backend
 from mlplug.serve.command import build_server
 from mlplug.tokenizer import Tokenizer
 
@@ -163,7 +163,7 @@ def reference(chat_model: Path) -> Iterator[Callable[[list[int], int], list[int]
     """Greedy generation of one request alone, on a backend of its own."""
     backend = mlplug.new_backend(str(chat_model), mlplug.BackendParams(num_threads=1), "cpu")
     backend.load()
-    model = Llama(backend)
+    model = from_backend(backend)
     tok = Tokenizer.from_config(backend.config())
     memo: dict[tuple[tuple[int, ...], int], list[int]] = {}
 

@@ -1,4 +1,4 @@
-"""``mlplug serve`` parts without HTTP: request checks, sampling, stop strings, the scheduler."""
+"""``mlplug serve`` without HTTP: request checks, stop strings, chat templates, the scheduler."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 
 pytest.importorskip("mlplug_cpu")
@@ -15,12 +14,12 @@ pytest.importorskip("jinja2")
 import mlplug
 from mlplug._run import demo_model_path
 from mlplug.errors import RequestError
-from mlplug.generate import generate
-from mlplug.models.llama import Batch, Llama
+from mlplug.generate import Sampling, generate
+from mlplug.models import from_backend
+from mlplug.nn.transformer import Batch, Decoder
 from mlplug.serve.chat import ChatTemplate
 from mlplug.serve.protocol import parse_chat, parse_completion
-from mlplug.serve.sampling import Sampler, SamplingParams
-from mlplug.serve.scheduler import Event, Finished, Job, Piece, Scheduler
+from mlplug.serve.scheduler import Event, Finished, Job, Piece, Scheduler, used_cells
 from mlplug.serve.text import TextStream
 from mlplug.tokenizer import Tokenizer
 
@@ -39,6 +38,8 @@ from mlplug.tokenizer import Tokenizer
         ({"prompt": "x", "temperature": "hot"}, "temperature"),
         ({"prompt": "x", "temperature": 3}, "temperature"),
         ({"prompt": "x", "top_p": 1.5}, "top_p"),
+        ({"prompt": "x", "top_p": 0}, "top_p"),
+        ({"prompt": "x", "repeat_penalty": 0}, "repeat_penalty"),
         ({"prompt": "x", "top_k": 1.5}, "top_k"),
         ({"prompt": "x", "min_p": -0.1}, "min_p"),
         ({"prompt": "x", "seed": "1"}, "seed"),
@@ -79,7 +80,7 @@ def test_completion_fields_are_read() -> None:
     assert req.prompt == "Hello"
     o = req.options
     assert (o.max_tokens, o.stop, o.stream, o.include_usage) == (7, ("\n",), True, True)
-    assert o.sampling == SamplingParams(0.5, 3, 0.9, 0.1, 2**64 - 1)
+    assert o.sampling == Sampling(0.5, 3, 0.9, 0.1, seed=2**64 - 1)
     assert parse_completion({"prompt": [1, 2, 3]}).prompt == (1, 2, 3)
 
 
@@ -124,32 +125,16 @@ def test_chat_text_parts_are_joined_and_max_completion_tokens_read() -> None:
     assert req.options.max_tokens == 5
 
 
-# -- sampling and text ------------------------------------------------------------------------
-
-
-def test_sampling_filters() -> None:
-    logits = np.array([0.0, 3.0, 2.9, -1.0, 2.8], dtype=np.float32)
-    assert Sampler(SamplingParams(temperature=0))(logits) == 1
-    # Filters that keep only the best token leave no choice, whatever the seed.
-    for seed in range(20):
-        assert Sampler(SamplingParams(top_k=1, seed=seed))(logits) == 1
-        assert Sampler(SamplingParams(top_p=0.01, seed=seed))(logits) == 1
-        assert Sampler(SamplingParams(min_p=1.0, seed=seed))(logits) == 1
-    # top-k 3 keeps ids 1, 2, 4; never 0 or 3.
-    drawn = {Sampler(SamplingParams(top_k=3, temperature=2.0, seed=s))(logits) for s in range(200)}
-    assert drawn == {1, 2, 4}
-    # A seed gives the same draws every time.
-    a, b = Sampler(SamplingParams(seed=7)), Sampler(SamplingParams(seed=7))
-    assert [a(logits) for _ in range(30)] == [b(logits) for _ in range(30)]
+# -- text and chat templates ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def demo() -> Iterator[tuple[mlplug.Backend, Llama, Tokenizer]]:
+def demo() -> Iterator[tuple[mlplug.Backend, Decoder, Tokenizer]]:
     with demo_model_path() as path:
         backend = mlplug.new_backend(str(path), mlplug.BackendParams(num_threads=1), backend="cpu")
     backend.load()
     try:
-        yield backend, Llama(backend), Tokenizer.from_config(backend.config())
+        yield backend, from_backend(backend), Tokenizer.from_config(backend.config())
     finally:
         backend.close()
 
@@ -195,7 +180,7 @@ def test_chat_template_renders_in_a_sandbox(demo: Any) -> None:
 class _Recorder:
     """A model wrapper that records every batch the scheduler runs."""
 
-    def __init__(self, model: Llama) -> None:
+    def __init__(self, model: Decoder) -> None:
         self.model = model
         self.batches: list[Batch] = []
 
@@ -238,7 +223,7 @@ class _Results:
         return last
 
 
-def _reference(model: Llama, tok: Tokenizer, prompt: list[int], n: int) -> list[int]:
+def _reference(model: Decoder, tok: Tokenizer, prompt: list[int], n: int) -> list[int]:
     cache = model.new_cache(capacity=len(prompt) + n, max_batch=len(prompt))
     try:
         return list(generate(model, cache, prompt, n, stop=tok.is_eog))
@@ -256,7 +241,7 @@ def test_requests_decode_together_one_step_per_token(demo: Any) -> None:
     sched = Scheduler(rec, tok, parallel=4, ctx_size=64, n_batch=32, queue_size=4)  # type: ignore[arg-type]
     res = _Results()
     prompts = [tok.encode(t) for t in ("Once upon a time", "The cache", "A tensor is", "Hello")]
-    greedy = SamplingParams(temperature=0)
+    greedy = Sampling(temperature=0)
     for i, p in enumerate(prompts):
         sched.submit(Job(p, 6, greedy, (), res.emit(i)))
     sched.start()
@@ -273,7 +258,7 @@ def test_requests_decode_together_one_step_per_token(demo: Any) -> None:
             assert (done.prompt_tokens, done.completion_tokens) == (len(p), len(ref))
             assert done.reason == ("stop" if tok.is_eog(ref[-1]) else "length")
         assert sched.stats().cells_used == 0
-        assert all(not seqs for _, seqs in sched.cache.cells())
+        assert used_cells(sched.cache) == 0
     finally:
         sched.close()
 
@@ -283,7 +268,7 @@ def test_a_long_prompt_shares_steps_with_decoding_requests(demo: Any) -> None:
     rec = _Recorder(model)
     sched = Scheduler(rec, tok, parallel=2, ctx_size=128, n_batch=8, queue_size=2)  # type: ignore[arg-type]
     res = _Results()
-    greedy = SamplingParams(temperature=0)
+    greedy = Sampling(temperature=0)
     short = tok.encode("Hi")
     long = tok.encode("The quick brown fox jumps over the lazy dog. " * 3)
     assert len(long) > 3 * 8
@@ -308,7 +293,7 @@ def test_the_queue_is_bounded_and_cancelled_requests_free_their_cells(demo: Any)
     _, model, tok = demo
     sched = Scheduler(model, tok, parallel=2, ctx_size=64, n_batch=16, queue_size=1)
     res = _Results()
-    greedy = SamplingParams(temperature=0)
+    greedy = Sampling(temperature=0)
     prompt = tok.encode("Once upon a time")
     first = Job(prompt, 50, greedy, (), res.emit(0))
     sched.submit(first)
@@ -334,7 +319,7 @@ def test_the_queue_is_bounded_and_cancelled_requests_free_their_cells(demo: Any)
         assert res.finished(0).reason == "cancelled"
         assert res.finished(0).completion_tokens < 50
         assert sched.stats().cells_used == 0
-        assert all(not seqs for _, seqs in sched.cache.cells())
+        assert used_cells(sched.cache) == 0
     finally:
         sched.close()
 
@@ -351,7 +336,7 @@ def test_a_failed_step_ends_its_requests_and_the_server_goes_on(demo: Any) -> No
     _, model, tok = demo
     sched = Scheduler(_FailOnce(model), tok, parallel=2, ctx_size=64, n_batch=16, queue_size=2)  # type: ignore[arg-type]
     res = _Results()
-    greedy = SamplingParams(temperature=0)
+    greedy = Sampling(temperature=0)
     prompt = tok.encode("Once upon a time")
     sched.submit(Job(prompt, 8, greedy, (), res.emit(0)))
     sched.start()

@@ -8,7 +8,6 @@ Modules:
 
 * :mod:`mlplug.serve.command`: the command (load the model, start the scheduler and uvicorn).
 * :mod:`mlplug.serve.scheduler`: continuous batching: one model step for every active request.
-* :mod:`mlplug.serve.sampling`: temperature, top-k, top-p, min-p and seeded sampling.
 * :mod:`mlplug.serve.text`: streaming detokenisation and stop strings.
 * :mod:`mlplug.serve.chat`: chat prompts from the model's ``tokenizer.chat_template``.
 * :mod:`mlplug.serve.protocol`: OpenAI request bodies, checked field by field.

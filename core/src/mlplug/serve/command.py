@@ -31,7 +31,11 @@ _DEFAULT_CTX = 4096
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the options of ``mlplug serve`` to ``p``."""
-    p.add_argument("model", nargs="?", help="GGUF file (default: the bundled demo model)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="GGUF file or known name (see `mlplug models`; default: the bundled demo model)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free one)")
     p.add_argument(
@@ -69,14 +73,14 @@ def build_server(
         ValueError: Bad sizes, an unsupported model or a chat template that does not compile.
         ErrNoMem: The cache and compute buffers do not fit.
     """
-    from mlplug.models.llama import Llama
+    from mlplug.models import from_backend
     from mlplug.serve.app import ServerState, create_app
     from mlplug.serve.chat import ChatTemplate
     from mlplug.serve.scheduler import Scheduler
     from mlplug.tokenizer import Tokenizer
 
     config = backend.config()
-    model = Llama(backend)
+    model = from_backend(backend)
     tokenizer = Tokenizer.from_config(config)
     n_ctx_train = model.config.n_ctx_train
     ctx_size = args.ctx_size or min(n_ctx_train or _DEFAULT_CTX, _DEFAULT_CTX)
@@ -118,19 +122,27 @@ def serve(args: argparse.Namespace) -> int:
         except ImportError:
             print(_MISSING.format(name=name), file=sys.stderr)
             return 1
+    from mlplug import catalog
     from mlplug._run import demo_model_path
     from mlplug.errors import ErrNoMem, MlplugError
 
     try:
         if args.model:
             path = Path(args.model)
-            if not path.is_file():
-                print(f"mlplug serve: {path}: no such file", file=sys.stderr)
+            known = catalog.lookup(args.model)
+            if known is not None and not path.is_file():
+                path = catalog.resolve(known)
+            elif not path.is_file():
+                print(
+                    f"mlplug serve: {path}: no such file (known models: "
+                    f"{', '.join(catalog.KNOWN)}; see `mlplug models`)",
+                    file=sys.stderr,
+                )
                 return 2
-            return _serve(args, path)
+            return _serve(args, path, args.alias or (args.model if known else path.name))
         print("no model given: serving mlplug's demo model (random weights)", file=sys.stderr)
         with demo_model_path() as path:
-            return _serve(args, path)
+            return _serve(args, path, args.alias or path.name)
     except ErrNoMem as err:
         print(err.memory.summary())
         print(f"mlplug serve: {err}", file=sys.stderr)
@@ -140,12 +152,14 @@ def serve(args: argparse.Namespace) -> int:
         return 1
 
 
-def _serve(args: argparse.Namespace, path: Path) -> int:
+def _serve(args: argparse.Namespace, path: Path, model_id: str) -> int:
     import uvicorn
 
     import mlplug
     from mlplug._run import _load
+    from mlplug.models import check_file
 
+    check_file(path)  # a file no model runs fails before anything is allocated
     params = mlplug.BackendParams(
         num_threads=args.threads,
         num_gpu_layers=args.num_gpu_layers,
@@ -155,10 +169,10 @@ def _serve(args: argparse.Namespace, path: Path) -> int:
     scheduler = None
     try:
         _load(backend, path)
-        app, scheduler = build_server(backend, args, args.alias or path.name)
+        app, scheduler = build_server(backend, args, model_id)
         s = scheduler
         print(
-            f"serving {args.alias or path.name}: {s.parallel} parallel requests of "
+            f"serving {model_id}: {s.parallel} parallel requests of "
             f"{s.ctx_size} tokens, batches of {s.n_batch}, queue of {s.queue_size}",
             file=sys.stderr,
         )

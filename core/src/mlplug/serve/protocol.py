@@ -10,12 +10,13 @@ refused unless they hold their default (``n`` other than 1, ``logprobs``, ``echo
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mlplug.errors import RequestError
-from mlplug.serve.sampling import SamplingParams
+from mlplug.generate import Sampling
 
 __all__ = ["ChatRequest", "CompletionRequest", "Options", "parse_chat", "parse_completion"]
 
@@ -28,14 +29,14 @@ class Options:
 
     Attributes:
         max_tokens: Tokens to generate at most; ``None`` fills the context.
-        sampling: Temperature, top-k, top-p, min-p and seed.
+        sampling: Temperature, top-k, top-p, min-p, repeat penalty and seed.
         stop: Stop strings.
         stream: Answer with server-sent events.
         include_usage: With ``stream``, send a last chunk with the token counts.
     """
 
     max_tokens: int | None
-    sampling: SamplingParams
+    sampling: Sampling
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
@@ -126,12 +127,21 @@ def _options(body: Mapping[str, Any], max_tokens_names: tuple[str, ...]) -> Opti
         if value is not None:
             max_tokens = value if max_tokens is None else min(max_tokens, value)
     seed = _integer(body, "seed", -(2**63), 2**64 - 1)
-    sampling = SamplingParams(
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    if top_p == 0:
+        raise _bad("top_p", "above 0", top_p)
+    repeat_penalty = _number(body, "repeat_penalty", 1.0, 0.0, 10.0)
+    if repeat_penalty == 0:
+        raise _bad("repeat_penalty", "above 0", repeat_penalty)
+    sampling = Sampling(
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_k=_integer(body, "top_k", 0) or 0,
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        top_p=top_p,
         min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
-        seed=None if seed is None else seed % 2**64,
+        repeat_penalty=repeat_penalty,
+        repeat_last_n=_integer(body, "repeat_last_n", 0) or 64,
+        # No seed: one from the OS, as the OpenAI API draws differently every time.
+        seed=secrets.randbits(64) if seed is None else seed % 2**64,
     )
     stop_value = body.get("stop")
     if stop_value is None:

@@ -28,16 +28,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlplug.errors import RequestError
-from mlplug.serve.sampling import Sampler, SamplingParams
+from mlplug.generate import Sampler, Sampling
 from mlplug.serve.text import TextStream
 
 if TYPE_CHECKING:
-    from mlplug.models.llama import Llama
+    from mlplug.nn.transformer import Decoder
     from mlplug.tokenizer import Tokenizer
 
-__all__ = ["Event", "Finished", "Job", "Piece", "Scheduler", "SchedulerStats"]
+__all__ = ["Event", "Finished", "Job", "Piece", "Scheduler", "SchedulerStats", "used_cells"]
 
 _log = logging.getLogger("mlplug.serve")
+
+
+def used_cells(cache: Any) -> int:
+    """Return the occupied cells of a model's cache (a ``Causal``, or ``LayerCaches`` of them)."""
+    from mlplug.nn.layer_caches import LayerCaches
+
+    parts = cache.caches.values() if isinstance(cache, LayerCaches) else [cache]
+    return sum(1 for part in parts for _, seqs in part.cells() if seqs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +106,7 @@ class Job:
         self,
         prompt: Sequence[int],
         max_tokens: int,
-        sampling: SamplingParams,
+        sampling: Sampling,
         stop: Sequence[str],
         emit: Callable[[Event], None],
     ) -> None:
@@ -108,7 +116,7 @@ class Job:
             raise RequestError("[serve] max_tokens must be >= 1", param="max_tokens")
         self.prompt = list(prompt)
         self.max_tokens = max_tokens
-        self.sampler = Sampler(sampling)
+        self.sampler = Sampler(sampling, history=prompt)
         self.stop = tuple(stop)
         self.emit = emit
         self.cancelled = False
@@ -190,7 +198,7 @@ class Scheduler:
 
     def __init__(
         self,
-        model: Llama,
+        model: Decoder,
         tokenizer: Tokenizer,
         *,
         parallel: int,
@@ -369,13 +377,13 @@ class Scheduler:
             job.cancelled = True
 
     def _count_cells(self) -> None:
-        used = sum(1 for _, seqs in self.cache.cells() if seqs)
+        used = used_cells(self.cache)
         with self._cond:
             self._cells_used = used
 
     def _step(self) -> None:
         """Run one batch: a decode token of each decoding request, then prompt tokens."""
-        from mlplug.models.llama import Batch
+        from mlplug.nn.transformer import Batch
 
         tokens: list[int] = []
         positions: list[int] = []
@@ -436,6 +444,7 @@ class Scheduler:
         """Record a sampled token; return the finish reason, or ``""`` to go on."""
         assert job.text is not None
         job.generated += 1
+        job.sampler.accept(token)
         reason = ""
         if self.tokenizer.is_eog(token):
             reason = "stop"
