@@ -50,6 +50,7 @@ from mlplug.tokenizer import Tokenizer
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
         ({"prompt": "x", "logprobs": 2}, "logprobs"),
         ({"prompt": "x", "echo": True}, "echo"),
+        ({"prompt": "x", "ignore_eos": 1}, "ignore_eos"),
         ({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
     ],
 )
@@ -349,5 +350,35 @@ def test_a_failed_step_ends_its_requests_and_the_server_goes_on(demo: Any) -> No
         res.wait(1)
         assert res.text(1) == _text(tok, _reference(model, tok, prompt, 8))
         assert sched.stats().cells_used == 0
+    finally:
+        sched.close()
+
+
+class _AlwaysEos(_Recorder):
+    def __init__(self, model: Decoder, eos: int) -> None:
+        super().__init__(model)
+        self.eos = eos
+
+    def forward(self, cache: Any, batch: Batch) -> Any:
+        logits = super().forward(cache, batch)
+        logits[:, self.eos] = logits.max() + 1.0
+        return logits
+
+
+def test_end_tokens_stop_unless_ignore_eos(demo: Any) -> None:
+    _, model, tok = demo
+    assert tok.eos_id is not None
+    rec = _AlwaysEos(model, tok.eos_id)
+    sched = Scheduler(rec, tok, parallel=2, ctx_size=64, n_batch=16, queue_size=2)  # type: ignore[arg-type]
+    res = _Results()
+    prompt = tok.encode("Once upon a time")
+    sched.submit(Job(prompt, 5, Sampling(), (), res.emit(0)))
+    sched.submit(Job(prompt, 5, Sampling(), (), res.emit(1), ignore_eos=True))
+    sched.start()
+    try:
+        res.wait(2)
+        assert (res.finished(0).reason, res.finished(0).completion_tokens) == ("stop", 1)
+        assert (res.finished(1).reason, res.finished(1).completion_tokens) == ("length", 5)
+        assert res.text(0) == res.text(1) == ""
     finally:
         sched.close()

@@ -136,7 +136,14 @@ class _Generation:
         max_tokens = options.max_tokens
         if max_tokens is None:
             max_tokens = max(1, scheduler.ctx_size - len(prompt))
-        self.job = Job(prompt, max_tokens, options.sampling, options.stop, emit)
+        self.job = Job(
+            prompt,
+            max_tokens,
+            options.sampling,
+            options.stop,
+            emit,
+            ignore_eos=options.ignore_eos,
+        )
         scheduler.submit(self.job)
 
     async def events(self) -> AsyncIterator[Event]:

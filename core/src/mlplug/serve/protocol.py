@@ -33,6 +33,7 @@ class Options:
         stop: Stop strings.
         stream: Answer with server-sent events.
         include_usage: With ``stream``, send a last chunk with the token counts.
+        ignore_eos: Generate past end-of-generation tokens (llama.cpp's extension).
     """
 
     max_tokens: int | None
@@ -40,6 +41,7 @@ class Options:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,9 @@ def _options(body: Mapping[str, Any], max_tokens_names: tuple[str, ...]) -> Opti
                 code="invalid_value",
             )
         include_usage = _flag(stream_options, "include_usage")
-    return Options(max_tokens, sampling, stop, stream, include_usage)
+    return Options(
+        max_tokens, sampling, stop, stream, include_usage, ignore_eos=_flag(body, "ignore_eos")
+    )
 
 
 def _object(body: object) -> Mapping[str, Any]:

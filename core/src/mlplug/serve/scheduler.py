@@ -86,12 +86,15 @@ class Job:
         stop: Stop strings.
         emit: Called on the worker thread with every :class:`Piece` and the final
             :class:`Finished`; it must not block.
+        ignore_eos: Go on past end-of-generation tokens (llama.cpp's ``ignore_eos``; their
+            text is empty), until ``max_tokens`` or a stop string.
     """
 
     __slots__ = (
         "cancelled",
         "emit",
         "generated",
+        "ignore_eos",
         "last",
         "max_tokens",
         "n_past",
@@ -109,6 +112,8 @@ class Job:
         sampling: Sampling,
         stop: Sequence[str],
         emit: Callable[[Event], None],
+        *,
+        ignore_eos: bool = False,
     ) -> None:
         if not prompt:
             raise RequestError("[serve] the prompt has no tokens", param="prompt")
@@ -119,6 +124,7 @@ class Job:
         self.sampler = Sampler(sampling, history=prompt)
         self.stop = tuple(stop)
         self.emit = emit
+        self.ignore_eos = ignore_eos
         self.cancelled = False
         self.slot = -1
         self.n_past = 0  # tokens of this request in the cache
@@ -446,7 +452,7 @@ class Scheduler:
         job.generated += 1
         job.sampler.accept(token)
         reason = ""
-        if self.tokenizer.is_eog(token):
+        if self.tokenizer.is_eog(token) and not job.ignore_eos:
             reason = "stop"
         else:
             text = job.text.push(token)
