@@ -83,6 +83,11 @@ def test_completion_fields_are_read() -> None:
     assert (o.max_tokens, o.stop, o.stream, o.include_usage) == (7, ("\n",), True, True)
     assert o.sampling == Sampling(0.5, 3, 0.9, 0.1, seed=2**64 - 1)
     assert parse_completion({"prompt": [1, 2, 3]}).prompt == (1, 2, 3)
+    sampling = parse_completion({"prompt": "x", "repeat_penalty": 1.3, "repeat_last_n": 0}).options
+    assert (sampling.sampling.repeat_penalty, sampling.sampling.repeat_last_n) == (1.3, 0)
+    # Without a seed every request draws its own.
+    seeds = {parse_completion({"prompt": "x"}).options.sampling.seed for _ in range(4)}
+    assert len(seeds) == 4
 
 
 @pytest.mark.parametrize(

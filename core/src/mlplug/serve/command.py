@@ -104,7 +104,7 @@ def build_server(
         tokenizer,
         parallel=args.parallel,
         ctx_size=ctx_size,
-        n_batch=min(args.batch_size, ctx_size * args.parallel),
+        n_batch=args.batch_size,
         queue_size=args.queue_size or args.parallel,
     )
     scheduler.start()

@@ -135,13 +135,14 @@ def _options(body: Mapping[str, Any], max_tokens_names: tuple[str, ...]) -> Opti
     repeat_penalty = _number(body, "repeat_penalty", 1.0, 0.0, 10.0)
     if repeat_penalty == 0:
         raise _bad("repeat_penalty", "above 0", repeat_penalty)
+    repeat_last_n = _integer(body, "repeat_last_n", 0)
     sampling = Sampling(
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_k=_integer(body, "top_k", 0) or 0,
         top_p=top_p,
         min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
         repeat_penalty=repeat_penalty,
-        repeat_last_n=_integer(body, "repeat_last_n", 0) or 64,
+        repeat_last_n=64 if repeat_last_n is None else repeat_last_n,
         # No seed: one from the OS, as the OpenAI API draws differently every time.
         seed=secrets.randbits(64) if seed is None else seed % 2**64,
     )

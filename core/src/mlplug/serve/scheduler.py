@@ -174,7 +174,8 @@ class Scheduler:
         tokenizer: The model's tokenizer (end-of-generation ids and text).
         parallel: Requests decoded together (cache sequences).
         ctx_size: Positions per request (prompt plus generated tokens).
-        n_batch: The most tokens one step processes (at least ``parallel``).
+        n_batch: The most tokens one step processes (at least ``parallel``; at most the
+            cache's ``parallel × ctx_size`` cells, to which a larger value is lowered).
         queue_size: Requests that may wait for a slot.
 
     Raises:
@@ -220,6 +221,7 @@ class Scheduler:
         ):
             if value < 1:
                 raise ValueError(f"[serve] {name} must be >= 1, got {value}")
+        n_batch = min(n_batch, parallel * ctx_size)
         if n_batch < parallel:
             raise ValueError(
                 f"[serve] the batch ({n_batch}) must hold a decode token of each of the "
