@@ -20,8 +20,12 @@ setup(
     ext_modules=[
         Extension(
             "mlplug_cpu._native",
-            sources=["src/mlplug_cpu/_native.c"],
-            depends=["src/mlplug_cpu/_native_kernels.h"],
+            sources=["src/mlplug_cpu/_native.c", "src/mlplug_cpu/_native_pool.c"],
+            depends=[
+                "src/mlplug_cpu/_native_kernels.h",
+                "src/mlplug_cpu/_native_pool.h",
+                "src/mlplug_cpu/_native_qdot.h",
+            ],
             extra_compile_args=_COMPILE,
             extra_link_args=_LINK,
             optional=True,

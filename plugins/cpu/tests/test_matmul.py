@@ -74,6 +74,18 @@ def _weight_bytes(dtype: DType, rows: int, k: int) -> bytes:
     return raw.tobytes()
 
 
+def _assert_within_activation_rounding(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    """``out`` is ``x @ wᵀ`` up to rounding ``x`` to 8 bits per 32-block.
+
+    The native kernels quantise the activation (SEMANTICS §5: the vec-dot format): each element
+    moves by at most half a step, max|x_block|/254.
+    """
+    blocks = np.abs(x.reshape(*x.shape[:-1], -1, 32)).max(-1) / 254
+    half_step = np.repeat(blocks, 32, axis=-1)
+    bound = half_step @ np.abs(w).T + 1e-5 * (np.abs(x) @ np.abs(w).T)
+    assert np.all(np.abs(out - x @ w.T) <= bound)
+
+
 @pytest.mark.parametrize("dtype", [DType.Q4_0, DType.Q8_0, DType.Q4_K, DType.Q6_K, DType.Q5_1])
 def test_quantised_weights_match_gguf_dequantise(h, dtype) -> None:
     rows, k, tokens = 7, 512, 5
@@ -84,7 +96,7 @@ def test_quantised_weights_match_gguf_dequantise(h, dtype) -> None:
     x = RNG.standard_normal((tokens, k)).astype(np.float32)
     out = h.run("mulmat", h.raw_tensor(data, dtype, k, rows), h.tensor(x, k, tokens))
     assert out.ne == (rows, tokens, 1, 1)
-    np.testing.assert_allclose(h.array(out)[0, 0], x @ w.T, rtol=1e-4, atol=1e-4)
+    _assert_within_activation_rounding(h.array(out)[0, 0], x, w)
 
 
 def test_q8_k_weights_decode_by_hand(h) -> None:
@@ -140,7 +152,7 @@ def test_mulmat_id_quantised_experts_and_one_b_per_slot(h) -> None:
     got = h.array(out)[0]  # (T, n_used, rows)
     for t in range(tokens):
         for e in range(used):
-            np.testing.assert_allclose(got[t, e], w[chosen[t, e]] @ x[t, e], rtol=1e-5, atol=1e-5)
+            _assert_within_activation_rounding(got[t, e], x[t, e], w[chosen[t, e]])
 
 
 @pytest.mark.parametrize("bad", [5, -1])

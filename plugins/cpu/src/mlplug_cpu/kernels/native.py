@@ -1,12 +1,16 @@
 """Weight products through the optional C extension :mod:`mlplug_cpu._native`.
 
-The extension reads F16/BF16/Q8_0/Q4_0/Q4_K/Q6_K weight rows once per product, decoding each
-block in registers, with OpenMP threads over the output rows. Which path a product takes, by
-the number ``N`` of ``b`` rows sharing one weight matrix (measured on a 2-core AVX2 machine):
+The extension reads GGUF weight rows once per product, with the threads of its own pool (idle
+workers sleep; see ``_native_pool.c``). Which path a product takes:
 
-* ``N <= NATIVE_MAX_ROWS``: the native row kernel (memory-bound decode: the weight bytes are
-  read once; F32 would be materialised never).
-* larger ``N``: the native decoder writes F32 rows into a scratch chunk of at most
+* block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), any ``N``: ``b`` is
+  quantised once to int8 blocks of 32 and multiplied with integer dot products (AVX512-VNNI,
+  AVX2 or portable C, picked by CPUID at import), in tiles of 4 weight rows x 4 ``b`` rows.
+  SEMANTICS §5 allows the vec-dot format; the error is that of rounding ``b`` to 8 bits per
+  32-block. A ``b`` holding inf or NaN takes the exact numpy path instead.
+* F16/BF16 with ``N <= NATIVE_MAX_ROWS``: the float row kernel (each block decoded to F32 in
+  registers and FMA'd; memory-bound decode).
+* F16/BF16 with larger ``N``: the native decoder writes F32 rows into a scratch chunk of at most
   ``CHUNK_ELEMENTS`` and BLAS multiplies it (compute-bound prompt batches).
 * F32 weights: BLAS directly (its GEMV is as fast as the native one), i.e. not handled here.
 
@@ -48,7 +52,21 @@ try:
 except ImportError:  # built without a compiler: numpy kernels only
     _native = None
 
-_HANDLED = frozenset({DType.F16, DType.BF16, DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q6_K})
+_INTEGER = frozenset(
+    {
+        DType.Q4_0,
+        DType.Q4_1,
+        DType.Q5_0,
+        DType.Q5_1,
+        DType.Q8_0,
+        DType.Q2_K,
+        DType.Q3_K,
+        DType.Q4_K,
+        DType.Q5_K,
+        DType.Q6_K,
+    }
+)
+_HANDLED = _INTEGER | {DType.F16, DType.BF16}
 _enabled = _native is not None
 _local = threading.local()
 
@@ -65,7 +83,8 @@ def configure_from_env() -> None:
 
 
 def active() -> str:
-    """Return the product path in use: ``"native-avx2"``, ``"native-generic"`` or ``"numpy"``."""
+    """Return the product path in use: ``"native-<isa>"`` (``avx512vnni``, ``avx2``,
+    ``generic``) or ``"numpy"``."""
     if not _enabled or _native is None:
         return "numpy"
     return f"native-{_native.isa()}"
@@ -119,7 +138,7 @@ def _product(
 ) -> bool:
     assert _native is not None
     threads = getattr(_local, "threads", 0)
-    if n <= NATIVE_MAX_ROWS:
+    if n <= NATIVE_MAX_ROWS or dtype in _INTEGER:
         return bool(
             _native.matmul(
                 dtype.ggml_type,
@@ -183,8 +202,8 @@ def weight_product(a: TensorRef, b: TensorRef, out: TensorRef) -> bool:
                 x, x_off + i3 * b.nb[3] + i2 * b.nb[2], x_rs,
                 o, o_off + i3 * out.nb[3] + i2 * out.nb[2], o_rs, n,
             )  # fmt: skip
-            if not done:  # _overlap ruled this out
-                raise RuntimeError("[cpu] mulmat: native product refused a checked slice")
+            if not done:  # b holds inf/NaN: the numpy path recomputes every slice
+                return False
     return True
 
 

@@ -1,0 +1,454 @@
+/* Integer products of GGUF block weights with 8-bit quantised activations (included by
+ * _native.c once per instruction set, like _native_kernels.h).
+ *
+ * The including file defines SFX(name) and one of QDOT_VNNI (AVX512-VNNI vpdpbusd on 256-bit
+ * registers), QDOT_AVX2 (maddubs) or neither (portable C), after switching the target.
+ *
+ * Activation: each row of x (F32, K a multiple of 32) is quantised once per product into int8
+ * q[K] and, per 32-element block, an xblock {d, d*sum(q[0:16]), d*sum(q[16:32]), d*sum(q)} with
+ * d = max|x|/127 and q = round-half-even(x * 127/max|x|) (so |q| <= 127).
+ *
+ * Weight: every type is read 32 elements at a time as 32 unsigned codes u (Q8_0: signed q)
+ * with, for elements 0-15 and 16-31, a scale sc and an offset of such that w = sc*u + of.
+ * Then sum(w*x) over the block = dx*(sc0*S0 + sc1*S1) + of0*(dx*Sq0) + of1*(dx*Sq1), where S
+ * are the integer sums of u*q over each half (exact in int32) and Sq the activation half sums
+ * (precomputed in the xblock). A tile of RM weight rows x RN activation rows shares each
+ * unpacked weight block across RN rows and each activation block across RM rows.
+ */
+
+#define QK 32
+
+/* ---- activation quantiser ---------------------------------------------------------------- */
+
+/* Quantise one row of k F32 values; return 0, or 1 when a value is not finite (the caller then
+ * takes the exact float path). */
+static int SFX(quantize_x)(const float *x, int64_t k, int8_t *q, xblock *xb) {
+    int bad = 0;
+    for (int64_t b = 0; b < k / QK; b++) {
+        const float *v = x + b * QK;
+        float amax = 0.0f;
+        for (int l = 0; l < QK; l++) {
+            const float a = fabsf(v[l]);
+            amax = a > amax ? a : amax;
+        }
+        if (!(amax <= FLT_MAX)) { /* inf or NaN */
+            bad = 1;
+            amax = 0.0f;
+        }
+        const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int s0 = 0, s1 = 0;
+        int8_t *qb = q + b * QK;
+#if defined(QDOT_AVX2) || defined(QDOT_VNNI)
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i i32[4];
+        for (int i = 0; i < 4; i++)
+            i32[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * i), vid));
+        /* packs interleave 128-bit lanes: permute back to element order. */
+        const __m256i p01 = _mm256_packs_epi32(i32[0], i32[1]);
+        const __m256i p23 = _mm256_packs_epi32(i32[2], i32[3]);
+        __m256i p = _mm256_packs_epi16(p01, p23);
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)qb, p);
+        for (int l = 0; l < 16; l++) s0 += qb[l];
+        for (int l = 16; l < 32; l++) s1 += qb[l];
+#else
+        for (int l = 0; l < QK; l++) {
+            const int r = (int)nearbyintf(v[l] * id); /* default rounding: to nearest even */
+            qb[l] = (int8_t)r;
+            if (l < 16)
+                s0 += r;
+            else
+                s1 += r;
+        }
+#endif
+        xb[b].d = d;
+        xb[b].s0 = d * (float)s0;
+        xb[b].s1 = d * (float)s1;
+        xb[b].s = d * (float)(s0 + s1);
+    }
+    return bad;
+}
+
+/* ---- weight unpackers: block j (32 elements) of a row -> codes, scales, offsets ----------- */
+
+static inline __attribute__((always_inline)) float SFX(h2f)(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#else
+    return half_to_float(h);
+#endif
+}
+
+static inline __attribute__((always_inline)) void SFX(k3_scales)(const uint8_t *sc, int i,
+                                                                  int *out) {
+    /* Q3_K: 16 six-bit scales, low 4 bits in bytes 0-7, high 2 bits in bytes 8-11; minus 32. */
+    const int low = i < 8 ? sc[i] & 15 : sc[i - 8] >> 4;
+    const int high = (sc[8 + (i & 3)] >> (2 * (i >> 2))) & 3;
+    *out = (low | (high << 4)) - 32;
+}
+
+#if defined(QDOT_AVX2) || defined(QDOT_VNNI)
+typedef __m256i SFX(codes);
+#define LOAD16(p) _mm_loadu_si128((const __m128i *)(p))
+#define LOAD32(p) _mm256_loadu_si256((const __m256i *)(p))
+#define BYTES(v) _mm256_set1_epi8((char)(v))
+#define SHR(v, c) _mm256_srl_epi16((v), _mm_cvtsi32_si128((int)(c)))
+
+static inline __attribute__((always_inline)) __m256i SFX(nibbles)(const uint8_t *p) {
+    /* 16 bytes of packed nibbles -> 32 codes: low nibbles first, then high (GGUF's order). */
+    const __m128i q = LOAD16(p);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), BYTES(15));
+}
+
+static inline __attribute__((always_inline)) __m256i SFX(bits_to_bytes)(const uint8_t *p) {
+    /* 32 bits -> 32 bytes, 0xff where the bit is set (bit l for byte l). */
+    uint32_t x32;
+    memcpy(&x32, p, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                           0x0101010101010101, 0x0000000000000000);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x32), shuf);
+    bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+}
+#define UNPACK_RET __m256i
+#else
+typedef struct {
+    uint8_t u[QK];
+} SFX(codes);
+#define UNPACK_RET SFX(codes)
+
+static inline __attribute__((always_inline)) SFX(codes) SFX(nibbles)(const uint8_t *p) {
+    SFX(codes) c;
+    for (int l = 0; l < 16; l++) {
+        c.u[l] = p[l] & 15;
+        c.u[l + 16] = p[l] >> 4;
+    }
+    return c;
+}
+#endif
+
+#define UNPACK(T)                                                                             \
+    static inline __attribute__((always_inline)) UNPACK_RET SFX(unpack_##T)(                  \
+        const uint8_t *row, int64_t j, float *sc, float *of)
+
+UNPACK(q4_0) {
+    const uint8_t *b = row + j * 18;
+    const float d = SFX(h2f)(b);
+    sc[0] = sc[1] = d;
+    of[0] = of[1] = -8.0f * d;
+    return SFX(nibbles)(b + 2);
+}
+
+UNPACK(q4_1) {
+    const uint8_t *b = row + j * 20;
+    sc[0] = sc[1] = SFX(h2f)(b);
+    of[0] = of[1] = SFX(h2f)(b + 2);
+    return SFX(nibbles)(b + 4);
+}
+
+#if defined(QDOT_AVX2) || defined(QDOT_VNNI)
+#define HIGH_BITS(c, qh) _mm256_or_si256((c), _mm256_and_si256(SFX(bits_to_bytes)(qh), BYTES(16)))
+#else
+#define HIGH_BITS(c, qh)                                                                      \
+    do {                                                                                      \
+        uint32_t h32;                                                                         \
+        memcpy(&h32, (qh), 4);                                                                \
+        for (int l = 0; l < QK; l++) (c).u[l] |= (uint8_t)(((h32 >> l) & 1) << 4);           \
+    } while (0)
+#endif
+
+UNPACK(q5_0) {
+    const uint8_t *b = row + j * 22;
+    const float d = SFX(h2f)(b);
+    sc[0] = sc[1] = d;
+    of[0] = of[1] = -16.0f * d;
+    UNPACK_RET c = SFX(nibbles)(b + 6);
+#if defined(QDOT_AVX2) || defined(QDOT_VNNI)
+    return HIGH_BITS(c, b + 2);
+#else
+    HIGH_BITS(c, b + 2);
+    return c;
+#endif
+}
+
+UNPACK(q5_1) {
+    const uint8_t *b = row + j * 24;
+    sc[0] = sc[1] = SFX(h2f)(b);
+    of[0] = of[1] = SFX(h2f)(b + 2);
+    UNPACK_RET c = SFX(nibbles)(b + 8);
+#if defined(QDOT_AVX2) || defined(QDOT_VNNI)
+    return HIGH_BITS(c, b + 4);
+#else
+    HIGH_BITS(c, b + 4);
+    return c;
+#endif
+}
+
+UNPACK(q8_0) { /* signed codes (the kernel multiplies them as int8) */
+    const uint8_t *b = row + j * 34;
+    sc[0] = sc[1] = SFX(h2f)(b);
+    of[0] = of[1] = 0.0f;
+#if defined(QDOT_AVX2) || defined(QDOT_VNNI)
+    return LOAD32(b + 2);
+#else
+    SFX(codes) c;
+    memcpy(c.u, b + 2, QK);
+    return c;
+#endif
+}
+
+/* Bits [shift, shift + width) of 32 bytes at p, as codes. */
+#if defined(QDOT_AVX2) || defined(QDOT_VNNI)
+#define FIELD(p, shift, mask) _mm256_and_si256(SHR(LOAD32(p), (shift)), BYTES(mask))
+#define OR_FIELD(c, p, shift, mask, up)                                                       \
+    (c) = _mm256_or_si256((c), _mm256_slli_epi16(FIELD((p), (shift), (mask)), (up)))
+#else
+static inline __attribute__((always_inline)) SFX(codes)
+    SFX(field)(const uint8_t *p, int shift, int mask) {
+    SFX(codes) c;
+    for (int l = 0; l < QK; l++) c.u[l] = (uint8_t)((p[l] >> shift) & mask);
+    return c;
+}
+#define FIELD(p, shift, mask) SFX(field)((p), (shift), (mask))
+#define OR_FIELD(c, p, shift, mask, up)                                                       \
+    for (int l = 0; l < QK; l++) (c).u[l] |= (uint8_t)((((p)[l] >> (shift)) & (mask)) << (up))
+#endif
+
+UNPACK(q2_k) { /* 84 bytes: scales[16] (4-bit scale | 4-bit min), qs[64], d, dmin */
+    const uint8_t *b = row + (j >> 3) * 84;
+    const int s = (int)(j & 7);
+    const float d = SFX(h2f)(b + 80), dmin = SFX(h2f)(b + 82);
+    for (int h = 0; h < 2; h++) {
+        const int v = b[2 * s + h];
+        sc[h] = d * (float)(v & 15);
+        of[h] = -dmin * (float)(v >> 4);
+    }
+    return FIELD(b + 16 + 32 * (s >> 2), 2 * (s & 3), 3);
+}
+
+UNPACK(q3_k) { /* 110 bytes: hmask[32], qs[64], scales[12], d */
+    const uint8_t *b = row + (j >> 3) * 110;
+    const int s = (int)(j & 7);
+    const float d = SFX(h2f)(b + 108);
+    for (int h = 0; h < 2; h++) {
+        int v;
+        SFX(k3_scales)(b + 96, 2 * s + h, &v);
+        sc[h] = d * (float)v;
+        of[h] = -4.0f * sc[h];
+    }
+    UNPACK_RET c = FIELD(b + 32 + 32 * (s >> 2), 2 * (s & 3), 3);
+    OR_FIELD(c, b, s, 1, 2);
+    return c;
+}
+
+UNPACK(q4_k) { /* 144 bytes: d, dmin, scales[12], qs[128] */
+    const uint8_t *b = row + (j >> 3) * 144;
+    const int s = (int)(j & 7);
+    uint8_t scale, min;
+    scale_min_k4(s, b + 4, &scale, &min);
+    sc[0] = sc[1] = SFX(h2f)(b) * (float)scale;
+    of[0] = of[1] = -SFX(h2f)(b + 2) * (float)min;
+    return FIELD(b + 16 + 32 * (s >> 1), 4 * (s & 1), 15);
+}
+
+UNPACK(q5_k) { /* 176 bytes: d, dmin, scales[12], qh[32], qs[128] */
+    const uint8_t *b = row + (j >> 3) * 176;
+    const int s = (int)(j & 7);
+    uint8_t scale, min;
+    scale_min_k4(s, b + 4, &scale, &min);
+    sc[0] = sc[1] = SFX(h2f)(b) * (float)scale;
+    of[0] = of[1] = -SFX(h2f)(b + 2) * (float)min;
+    UNPACK_RET c = FIELD(b + 48 + 32 * (s >> 1), 4 * (s & 1), 15);
+    OR_FIELD(c, b + 16, s, 1, 4);
+    return c;
+}
+
+UNPACK(q6_k) { /* 210 bytes: ql[128], qh[64], scales[16] (int8), d */
+    const uint8_t *b = row + (j >> 3) * 210;
+    const int s = (int)(j & 7), h = s >> 2, qq = s & 3;
+    const float d = SFX(h2f)(b + 208);
+    const int8_t *scales = (const int8_t *)(b + 192 + 8 * h + 2 * qq);
+    for (int i = 0; i < 2; i++) {
+        sc[i] = d * (float)scales[i];
+        of[i] = -32.0f * sc[i];
+    }
+    UNPACK_RET c = FIELD(b + 64 * h + 32 * (qq & 1), 4 * (qq >> 1), 15);
+    OR_FIELD(c, b + 128 + 32 * h, 2 * qq, 3, 4);
+    return c;
+}
+
+/* ---- tiles ------------------------------------------------------------------------------- */
+
+#if defined(QDOT_AVX2) || defined(QDOT_VNNI)
+static inline __attribute__((always_inline)) float SFX(hsum)(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Eight int32 sums of 4 code x activation products each (lanes 0-3: elements 0-15), plus
+ * `bias` (per-lane sums of the activation times minus the code bias, see lane_bias). */
+static inline __attribute__((always_inline)) __m256i SFX(dot)(__m256i u, __m256i x, __m256i bias,
+                                                              int sgn) {
+    if (sgn) { /* signed codes: |w| times x with w's sign */
+        x = _mm256_sign_epi8(x, u);
+        u = _mm256_sign_epi8(u, u);
+    }
+#ifdef QDOT_VNNI
+    return _mm256_dpbusd_epi32(bias, u, x);
+#else
+    /* u <= 128 and |x| <= 127: the pair sums of maddubs (<= 32512) never saturate. */
+    return _mm256_add_epi32(bias, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x),
+                                                     _mm256_set1_epi16(1)));
+#endif
+}
+
+/* -(2^shift) * (sums of 4 consecutive activation codes), the integer part of a code bias
+ * (w = sc*(u - 2^shift)); zero for shift < 0. Shared by every weight row of a tile. */
+static inline __attribute__((always_inline)) __m256i SFX(lane_bias)(__m256i x, int shift) {
+    if (shift < 0) return _mm256_setzero_si256();
+#ifdef QDOT_VNNI
+    const __m256i sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), BYTES(1), x);
+#else
+    const __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(BYTES(1), x),
+                                           _mm256_set1_epi16(1));
+#endif
+    return _mm256_sub_epi32(_mm256_setzero_si256(),
+                            _mm256_sll_epi32(sums, _mm_cvtsi32_si128(shift)));
+}
+
+/* SGN: signed codes; UNI: one scale for all 32 elements; SHIFT: code bias 2^SHIFT (or -1);
+ * OFS: float offsets (0 none, 1 one per block, 2 one per half); PB: bytes per 32 weights
+ * (about), to prefetch each row's stream some blocks ahead. */
+#define DEFINE_QTILE(T, SGN, UNI, SHIFT, OFS, PB)                                               \
+    static inline __attribute__((always_inline)) void SFX(tile_##T)(                          \
+        const uint8_t *w, ptrdiff_t w_rs, const int8_t *xq, const xblock *xb, int64_t k,      \
+        float *o, ptrdiff_t os, const int RM, const int RN) {                                 \
+        const int64_t nb = k / QK;                                                            \
+        __m256 acc[4][4];                                                                     \
+        float off[4][4];                                                                      \
+        for (int r = 0; r < RM; r++)                                                          \
+            for (int c = 0; c < RN; c++) {                                                    \
+                acc[r][c] = _mm256_setzero_ps();                                              \
+                off[r][c] = 0.0f;                                                             \
+            }                                                                                 \
+        for (int64_t j = 0; j < nb; j++) {                                                    \
+            __m256i u[4];                                                                     \
+            float sc[4][2], of[4][2];                                                         \
+            for (int r = 0; r < RM; r++) {                                                    \
+                _mm_prefetch((const char *)(w + r * w_rs + j * (PB) + 768), _MM_HINT_T0);    \
+                u[r] = SFX(unpack_##T)(w + r * w_rs, j, sc[r], of[r]);                        \
+            }                                                                                 \
+            for (int c = 0; c < RN; c++) {                                                    \
+                const __m256i x = LOAD32(xq + c * k + j * QK);                                \
+                const xblock xi = xb[c * nb + j];                                             \
+                const __m256i bias = SFX(lane_bias)(x, SHIFT);                                \
+                for (int r = 0; r < RM; r++) {                                                \
+                    const __m256 p = _mm256_cvtepi32_ps(SFX(dot)(u[r], x, bias, SGN));        \
+                    __m256 vs;                                                                \
+                    if (UNI)                                                                  \
+                        vs = _mm256_set1_ps(sc[r][0] * xi.d);                                 \
+                    else                                                                      \
+                        vs = _mm256_mul_ps(                                                   \
+                            _mm256_set_m128(_mm_set1_ps(sc[r][1]), _mm_set1_ps(sc[r][0])),    \
+                            _mm256_set1_ps(xi.d));                                            \
+                    acc[r][c] = _mm256_fmadd_ps(p, vs, acc[r][c]);                            \
+                    if ((OFS) == 1) off[r][c] += of[r][0] * xi.s;                             \
+                    if ((OFS) == 2) off[r][c] += of[r][0] * xi.s0 + of[r][1] * xi.s1;         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        for (int r = 0; r < RM; r++)                                                          \
+            for (int c = 0; c < RN; c++) o[c * os + r] = SFX(hsum)(acc[r][c]) + off[r][c];    \
+    }
+#else
+#define DEFINE_QTILE(T, SGN, UNI, SHIFT, OFS, PB)                                               \
+    static inline __attribute__((always_inline)) void SFX(tile_##T)(                          \
+        const uint8_t *w, ptrdiff_t w_rs, const int8_t *xq, const xblock *xb, int64_t k,      \
+        float *o, ptrdiff_t os, const int RM, const int RN) {                                 \
+        const int64_t nb = k / QK;                                                            \
+        for (int r = 0; r < RM; r++)                                                          \
+            for (int c = 0; c < RN; c++) {                                                    \
+                float acc = 0.0f;                                                             \
+                for (int64_t j = 0; j < nb; j++) {                                            \
+                    float sc[2], of[2];                                                       \
+                    const SFX(codes) cw = SFX(unpack_##T)(w + r * w_rs, j, sc, of);           \
+                    const int8_t *x = xq + c * k + j * QK;                                    \
+                    const xblock xi = xb[c * nb + j];                                         \
+                    int32_t s[2] = {0, 0};                                                    \
+                    for (int l = 0; l < QK; l++) {                                            \
+                        const int v = (SGN) ? (int)(int8_t)cw.u[l] : (int)cw.u[l];            \
+                        s[l >> 4] += v * (int)x[l];                                           \
+                    }                                                                         \
+                    acc += xi.d * (sc[0] * (float)s[0] + sc[1] * (float)s[1]) +               \
+                           (of[0] * xi.s0 + of[1] * xi.s1);                                   \
+                }                                                                             \
+                o[c * os + r] = acc;                                                          \
+            }                                                                                 \
+    }
+#endif
+
+/* o[c*os + m] for weight rows m in [m0, m1) and activation rows c in [0, n). */
+#define DEFINE_QGEMM(T, SGN, UNI, SHIFT, OFS, PB)                                               \
+    DEFINE_QTILE(T, SGN, UNI, SHIFT, OFS, PB)                                                 \
+    static void SFX(qgemm_##T)(const uint8_t *w, ptrdiff_t w_rs, int64_t m0, int64_t m1,      \
+                               const int8_t *xq, const xblock *xb, int64_t k, int64_t n,      \
+                               float *o, ptrdiff_t os) {                                      \
+        const int64_t nb = k / QK;                                                            \
+        for (int64_t c = 0; c < n; c += 4) {                                                  \
+            const int rn = n - c < 4 ? (int)(n - c) : 4;                                      \
+            const int8_t *xqc = xq + c * k;                                                   \
+            const xblock *xbc = xb + c * nb;                                                  \
+            float *oc = o + c * os;                                                           \
+            int64_t m = m0;                                                                   \
+            for (; m + 4 <= m1; m += 4) {                                                     \
+                if (rn == 4)                                                                  \
+                    SFX(tile_##T)(w + m * w_rs, w_rs, xqc, xbc, k, oc + m, os, 4, 4);         \
+                else                                                                          \
+                    for (int i = 0; i < rn; i++)                                              \
+                        SFX(tile_##T)(w + m * w_rs, w_rs, xqc + i * k, xbc + i * nb, k,       \
+                                      oc + i * os + m, os, 4, 1);                             \
+            }                                                                                 \
+            for (; m < m1; m++) {                                                             \
+                if (rn == 4)                                                                  \
+                    SFX(tile_##T)(w + m * w_rs, w_rs, xqc, xbc, k, oc + m, os, 1, 4);         \
+                else                                                                          \
+                    for (int i = 0; i < rn; i++)                                              \
+                        SFX(tile_##T)(w + m * w_rs, w_rs, xqc + i * k, xbc + i * nb, k,       \
+                                      oc + i * os + m, os, 1, 1);                             \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+DEFINE_QGEMM(q4_0, 0, 1, 3, 0, 18)
+DEFINE_QGEMM(q4_1, 0, 1, -1, 1, 20)
+DEFINE_QGEMM(q5_0, 0, 1, 4, 0, 22)
+DEFINE_QGEMM(q5_1, 0, 1, -1, 1, 24)
+DEFINE_QGEMM(q8_0, 1, 1, -1, 0, 34)
+DEFINE_QGEMM(q2_k, 0, 0, -1, 2, 10)
+DEFINE_QGEMM(q3_k, 0, 0, 2, 0, 13)
+DEFINE_QGEMM(q4_k, 0, 1, -1, 1, 18)
+DEFINE_QGEMM(q5_k, 0, 1, -1, 1, 22)
+DEFINE_QGEMM(q6_k, 0, 0, 5, 0, 26)
+
+#undef DEFINE_QGEMM
+#undef DEFINE_QTILE
+#undef UNPACK
+#undef UNPACK_RET
+#undef FIELD
+#undef OR_FIELD
+#undef HIGH_BITS
+#undef LOAD16
+#undef LOAD32
+#undef BYTES
+#undef SHR
+
+static const qgemm_fn SFX(QGEMM)[N_QKINDS] = {
+    [QK_Q4_0] = SFX(qgemm_q4_0), [QK_Q4_1] = SFX(qgemm_q4_1), [QK_Q5_0] = SFX(qgemm_q5_0),
+    [QK_Q5_1] = SFX(qgemm_q5_1), [QK_Q8_0] = SFX(qgemm_q8_0), [QK_Q2_K] = SFX(qgemm_q2_k),
+    [QK_Q3_K] = SFX(qgemm_q3_k), [QK_Q4_K] = SFX(qgemm_q4_k), [QK_Q5_K] = SFX(qgemm_q5_k),
+    [QK_Q6_K] = SFX(qgemm_q6_k),
+};
