@@ -14,7 +14,11 @@ For an element with exact reference value ``r`` the bound is
 Exact ops (``Tolerance.exact``) get bound 0 against the reference rounded to the result dtype.
 Ops that declare a floor (``gelu``: §5.3's ``1e-3·|gelu(x)| + 1e-4``, for lookup tables) get
 at least that.
-The NMSE cap is ``max(tolerance.nmse, eps²)``.
+The NMSE cap is ``max(tolerance.nmse, eps²)``; for reductions and products at least
+``(eps_mult·eps)²``, so that a product against 8-bit quantised activations (working eps 2^-7)
+may reach about 1e-3 over a handful of outputs, as llama.cpp's own backend tests allow for
+``mul_mat`` (5e-4): the few outputs of a small case share one activation's rounding, which
+makes their NMSE a noisy statistic. F32 and F16 products keep ``tolerance.nmse``.
 """
 
 from __future__ import annotations
@@ -50,7 +54,10 @@ def working_eps(op: str, out_dtype: DType, src_dtypes: Sequence[DType | None]) -
 def nmse_cap(op: str, eps: float) -> float:
     """Return the NMSE a result may not exceed (``inf`` for exact ops)."""
     tol = OPS[op].tolerance
-    return float("inf") if tol.exact else max(tol.nmse, eps * eps)
+    if tol.exact:
+        return float("inf")
+    floor = (tol.eps_mult * eps) ** 2 if tol.reduction else eps * eps
+    return max(tol.nmse, floor)
 
 
 def element_bound(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from threadpoolctl import threadpool_info
 from mlplug.device import BackendParams, DeviceOutOfMemory
 from mlplug_cpu import device as cpu_device
 from mlplug_cpu.device import ENV_MEMORY_LIMIT, ENV_SIMULATED_GPUS, CpuDevice
+from mlplug_cpu.kernels import native
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +115,7 @@ def test_simulated_gpus_from_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         ("SIM1", "sim-1", "gpu"),
     ]
     assert sim0.total_memory() == sim1.total_memory() == 512 * 2**20
-    assert sim0.num_threads == 2
+    assert sim0.num_threads == cpu_device.usable_threads(2)
     held = sim0.alloc(500 * 2**20)
     assert sim0.free_memory() == 12 * 2**20
     assert sim1.free_memory() == 512 * 2**20  # separate books
@@ -151,3 +155,43 @@ def test_num_threads_limits_blas_during_execution() -> None:
     assert seen and all(n == 1 for n in seen)
     after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     assert after == [i["num_threads"] for i in blas]
+
+
+def test_threads_are_capped_to_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    assert cpu_device.usable_threads(0) == 3
+    assert cpu_device.usable_threads(2) == 2
+    assert cpu_device.usable_threads(64) == 3
+    assert CpuDevice(num_threads=0).num_threads == 3
+    assert CpuDevice(num_threads=2**32 + 1).num_threads == 3
+
+
+_POOL_SCRIPT = """
+import time, numpy as np
+from mlplug_cpu.kernels import native
+ext = native._native
+w = np.zeros((256, 18 * 64), np.uint8)
+x = np.ones((1, 2048), np.float32)
+o = np.zeros((1, 256), np.float32)
+def product(threads):
+    assert ext.matmul(2, w, 0, w.shape[1], x, 0, 8192, o, 0, 1024, 256, 2048, 1, threads)
+product(1)
+print(ext.pool_workers())
+product(3)
+print(ext.pool_workers())
+time.sleep(0.2)
+start = time.process_time()
+time.sleep(0.5)
+print(time.process_time() - start)
+"""
+
+
+@pytest.mark.skipif(native._native is None, reason="mlplug_cpu._native is not built")
+def test_native_pool_honours_threads_and_sleeps_when_idle() -> None:
+    """One thread starts no worker; three start two; idle workers use no CPU (no spinning)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _POOL_SCRIPT], capture_output=True, text=True, check=True
+    )
+    one, three, idle_cpu = done.stdout.split()
+    assert (int(one), int(three)) == (0, 2)
+    assert float(idle_cpu) < 0.1  # spinning workers would use ~2 x 0.5 s

@@ -176,3 +176,23 @@ def cpu_h() -> Iterator[Harness]:
     dev = CpuDevice()
     yield Harness(dev)
     dev.close()
+
+
+@pytest.fixture(autouse=True)
+def exact_cpu_products(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Make the cpu plugin, used here as the reference, multiply weights exactly in F32.
+
+    Its native kernels multiply quantised weights against 8-bit quantised activations (the
+    vec-dot format SEMANTICS §5 allows, tested in plugins/cpu); comparing MLX with that would
+    measure the cpu plugin's rounding, not MLX's correctness.
+    """
+    monkeypatch.setenv("MLPLUG_CPU_NATIVE", "0")
+    try:
+        from mlplug_cpu.kernels import native
+    except ImportError:  # no cpu plugin installed: nothing to switch
+        yield
+        return
+    native.configure_from_env()
+    yield
+    monkeypatch.delenv("MLPLUG_CPU_NATIVE")
+    native.configure_from_env()

@@ -20,7 +20,9 @@
  *   dequantize(ggml_type, w, w_off, w_rs, o, o_off, M, K, threads) -> None
  *       o (F32, rows of K packed) = the decoded rows of W (types with a float decoder).
  *   supported(ggml_type, K) -> bool, isa() -> str ("avx512vnni", "avx2" or "generic"),
- *   default_threads() -> int (the CPUs this process may run on).
+ *   default_threads() -> int (the CPUs this process may run on), pool_workers() -> int (threads
+ *   the pool has started; a run on N threads uses the caller and N - 1 of them),
+ *   set_isa(name) -> bool (use one instruction set's kernels, for tests).
  * threads <= 0 uses default_threads(). The GIL is released while computing.
  */
 #define PY_SSIZE_T_CLEAN
@@ -485,6 +487,12 @@ static PyObject *py_default_threads(PyObject *self, PyObject *args) {
     return PyLong_FromLong(default_threads());
 }
 
+static PyObject *py_pool_workers(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyLong_FromLong(mlplug_pool_workers());
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -498,6 +506,7 @@ static PyMethodDef METHODS[] = {
     {"isa", py_isa, METH_NOARGS, "The instruction set the kernels run with."},
     {"set_isa", py_set_isa, METH_VARARGS,
      "Use the kernels of one instruction set (generic, avx2, avx512vnni); False if absent."},
+    {"pool_workers", py_pool_workers, METH_NOARGS, "Worker threads the pool has started."},
     {"default_threads", py_default_threads, METH_NOARGS, "The CPUs this process may run on."},
     {NULL, NULL, 0, NULL},
 };

@@ -35,6 +35,7 @@ __all__ = [
     "CpuDevice",
     "load",
     "simulated_gpus_from_env",
+    "usable_threads",
 ]
 
 ENV_MEMORY_LIMIT = "MLPLUG_CPU_MEMORY_LIMIT"
@@ -114,7 +115,8 @@ class CpuDevice:
         id: Stable identifier.
         kind: ``"cpu"`` or ``"gpu"``.
         memory_limit: Cap in bytes on memory allocated and not yet freed; ``None`` = RAM.
-        num_threads: BLAS and native-kernel threads while executing; 0 = the libraries' default.
+        num_threads: BLAS and native-kernel threads while executing; 0 = every CPU this process
+            may run on (``os.sched_getaffinity``); larger requests are capped to that.
     """
 
     __slots__ = (
@@ -145,7 +147,7 @@ class CpuDevice:
         self.id = id
         self.kind = kind
         self.alignment = ALIGNMENT
-        self.num_threads = num_threads
+        self.num_threads = usable_threads(num_threads)
         self._memory_limit = memory_limit
         self._allocated = 0
         self._lock = threading.Lock()
@@ -253,6 +255,20 @@ def _give_back(device_ref: weakref.ref[CpuDevice], nbytes: int) -> None:
         device._give_back(nbytes)
 
 
+def usable_threads(requested: int) -> int:
+    """Return the threads to run with: ``requested`` capped to the CPUs this process may use.
+
+    ``requested <= 0`` means all of them. Native kernels and BLAS both get this count (they
+    never run at the same time, and the native pool's idle workers sleep).
+    """
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: no affinity mask to read
+        available = os.cpu_count() or 1
+    available = max(1, available)
+    return available if requested <= 0 else min(requested, available)
+
+
 @functools.cache
 def _blas_controller() -> ThreadpoolController:
     # Finding the loaded BLAS libraries is the slow part of threadpoolctl: do it once.
@@ -261,10 +277,7 @@ def _blas_controller() -> ThreadpoolController:
 
 @contextmanager
 def _thread_limit(num_threads: int) -> Iterator[None]:
-    """Limit BLAS threads to ``num_threads`` while the block runs (0 = leave the default)."""
-    if num_threads <= 0:
-        yield
-        return
+    """Limit BLAS threads to ``num_threads`` while the block runs."""
     with _blas_controller().limit(limits=num_threads, user_api="blas"):
         yield
 
