@@ -24,6 +24,7 @@ def test_mypy_on_core() -> None:
 _PLUGIN_TREES = [
     "plugins/cpu/src",
     "plugins/metal/src",
+    "plugins/cuda/src",
     "conformance_tests/src",
     "examples/mlplug-example-plugin/src",
 ]
