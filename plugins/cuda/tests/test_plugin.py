@@ -134,7 +134,17 @@ def test_mlplug_backends_lists_cuda_with_the_reason_on_this_machine() -> None:
         assert "unavailable" in line and reason in line
 
 
-def test_memory_settings_present_emulated_gpus() -> None:
+def test_memory_settings_present_real_gpus_when_there_are_enough(
+    machine: pytest.MonkeyPatch,
+) -> None:
+    one = plugin.mlplug_memory_settings("cuda", 1, None, None)
+    two = plugin.mlplug_memory_settings("cuda", 2, None, None)
+    assert one is not None and one["MLPLUG_CUDA_EMULATE"] == ""  # the machine's one GPU
+    assert two is not None and two["MLPLUG_CUDA_EMULATE"] == "2"
+
+
+def test_memory_settings_present_emulated_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin, "_cupy_installed", lambda: False)
     settings = plugin.mlplug_memory_settings("cuda", 2, 1 << 20, None)
     assert settings == {
         "MLPLUG_CUDA_EMULATE": "2",
@@ -142,3 +152,28 @@ def test_memory_settings_present_emulated_gpus() -> None:
         "MLPLUG_CPU_MEMORY_LIMIT": "",
     }
     assert plugin.mlplug_memory_settings("cpu", 2, None, None) is None
+
+
+def test_a_broken_cupy_gives_a_clear_error_and_backends_still_lists(tmp_path: Any) -> None:
+    fake = tmp_path / "cupy"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('libcudart.so.12: cannot open')\n")
+    code = (
+        "import mlplug\n"
+        "from mlplug_cuda.device import load\n"
+        "try:\n"
+        "    load(mlplug.BackendParams())\n"
+        "except RuntimeError as err:\n"
+        "    print(err)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLPLUG_CUDA_EMULATE"}
+    env["PYTHONPATH"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "[cuda] cupy is installed but cannot be imported: libcudart.so.12" in out.stdout, (
+        out.stdout + out.stderr
+    )
+    # `import mlplug` and `mlplug backends` are unaffected (the probe does not import cupy).
+    listed = subprocess.run(
+        [sys.executable, "-m", "mlplug.cli", "backends"], capture_output=True, text=True, env=env
+    )
+    assert listed.returncode == 0 and "cuda " in listed.stdout

@@ -162,14 +162,19 @@ def mlplug_register_backends(registry: Registry) -> None:
 def mlplug_memory_settings(
     backend: str, gpus: int, gpu_memory: int | None, cpu_memory: int | None
 ) -> dict[str, str] | None:
-    """Present ``gpus`` emulated GPUs (with their cap) for the suite's memory mode.
+    """Present ``gpus`` GPUs (with their cap) for the suite's memory mode.
 
-    On real GPUs the count is what the machine has, so only emulation can answer.
+    The machine's real GPUs when it has at least ``gpus`` (>= 1) and emulation is off;
+    otherwise ``gpus`` emulated ones (their count is free to choose).
     """
     if backend != PLUGIN.name:
         return None
+    real = 0
+    if gpus >= 1 and os.environ.get(ENV_EMULATE, "").strip() == "" and probe()[0]:
+        driver = _load_driver()
+        real = _driver_state(driver)[1] if driver is not None else 0
     return {
-        ENV_EMULATE: str(gpus),
+        ENV_EMULATE: "" if 1 <= gpus <= real else str(gpus),
         "MLPLUG_CUDA_MEMORY_LIMIT": str(gpu_memory) if gpu_memory is not None else "",
         "MLPLUG_CPU_MEMORY_LIMIT": str(cpu_memory) if cpu_memory is not None else "",
     }

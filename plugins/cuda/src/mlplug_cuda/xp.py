@@ -91,7 +91,13 @@ def emulation() -> ArrayApi:
 
 
 def gpu() -> ArrayApi:
-    """Return the cupy API (imports cupy)."""
-    import cupy
+    """Return the cupy API (imports cupy).
 
+    Raises:
+        RuntimeError: cupy is installed but cannot be imported (e.g. a missing CUDA library).
+    """
+    try:
+        import cupy
+    except ImportError as err:
+        raise RuntimeError(f"[cuda] cupy is installed but cannot be imported: {err}") from err
     return ArrayApi(cupy, emulated=False)
