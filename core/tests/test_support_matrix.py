@@ -11,18 +11,33 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MATRIX = ROOT / "docs" / "support-matrix.md"
-# The columns of the published matrix, in order; metal runs on MLX's CPU device off macOS.
-BACKENDS = ["cpu", "metal", "reference", "example"]
+# The columns of the published matrix, in order; metal runs on MLX's CPU device off macOS, cuda
+# on an emulated GPU (numpy standing in for cupy) with its expectations file.
+BACKENDS = ["cpu", "metal", "cuda", "reference", "example"]
+EXTRA_ARGS = {"cuda": ["--expectations", "plugins/cuda/src/mlplug_cuda/expectations.toml"]}
 
 
 def test_support_matrix_is_current(tmp_path: Path) -> None:
     pytest.importorskip("mlplug_conformance")
-    env = {**os.environ, "MLPLUG_METAL_DEVICE": os.environ.get("MLPLUG_METAL_DEVICE", "cpu")}
+    env = {
+        **os.environ,
+        "MLPLUG_METAL_DEVICE": os.environ.get("MLPLUG_METAL_DEVICE", "cpu"),
+        "MLPLUG_CUDA_EMULATE": os.environ.get("MLPLUG_CUDA_EMULATE") or "1",
+    }
     reports = []
     for name in BACKENDS:
         path = tmp_path / f"{name}.json"
         run = subprocess.run(
-            [sys.executable, "-m", "mlplug_conformance", "--backend", name, "--json", str(path)],
+            [
+                sys.executable,
+                "-m",
+                "mlplug_conformance",
+                "--backend",
+                name,
+                "--json",
+                str(path),
+                *EXTRA_ARGS.get(name, []),
+            ],
             cwd=ROOT,
             env=env,
             capture_output=True,

@@ -203,7 +203,8 @@ def merge_reports(paths: Sequence[str | Path]) -> str:
         "**unsupported** (the plugin declared every case unsupported).",
         "",
         "Regenerate: `mlplug conformance --backend NAME --json NAME.json` per backend (metal "
-        "with `MLPLUG_METAL_DEVICE=cpu` off macOS), then "
+        "with `MLPLUG_METAL_DEVICE=cpu` off macOS; cuda with `MLPLUG_CUDA_EMULATE=1` where there "
+        "is no GPU, and `--expectations plugins/cuda/src/mlplug_cuda/expectations.toml`), then "
         "`mlplug conformance --merge NAME.json ... --out docs/support-matrix.md`; "
         "`core/tests/test_support_matrix.py` fails when this file is stale.",
         "",
