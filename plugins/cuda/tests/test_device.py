@@ -10,7 +10,7 @@ import pytest
 from gguf import GGUFValueType
 
 import mlplug
-from mlplug.device import DType, Node, TensorRef
+from mlplug.device import OPS, DType, Node, TensorRef
 from mlplug_conformance import synth
 from mlplug_cuda import device as cuda_device
 from mlplug_cuda.device import CudaDevice, CudaKernelError, EmulatedCudaError
@@ -19,6 +19,10 @@ from mlplug_cuda.xp import emulation
 
 def _backend(**params: object) -> mlplug.Backend:
     return mlplug.new_backend(None, mlplug.BackendParams(**params), backend="cuda")  # type: ignore[arg-type]
+
+
+def test_every_op_of_the_table_has_a_kernel() -> None:
+    assert set(cuda_device.KERNELS) == set(OPS)
 
 
 def test_devices_are_the_cpu_then_one_per_gpu(emulate: pytest.MonkeyPatch) -> None:

@@ -114,6 +114,7 @@ _UNARY: dict[str, Callable[[Any, Any, Any], None]] = {
     "neg": _ufunc("negative"),
     "sin": _ufunc("sin"),
     "cos": _ufunc("cos"),
+    "exp": _ufunc("exp"),
     "tanh": _ufunc("tanh"),
     "sqr": _ufunc("square"),
     "sqrt": _ufunc("sqrt"),
