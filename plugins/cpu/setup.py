@@ -20,11 +20,16 @@ setup(
     ext_modules=[
         Extension(
             "mlplug_cpu._native",
-            sources=["src/mlplug_cpu/_native.c", "src/mlplug_cpu/_native_pool.c"],
+            sources=[
+                "src/mlplug_cpu/_native.c",
+                "src/mlplug_cpu/_native_pool.c",
+                "src/mlplug_cpu/_attention.c",
+            ],
             depends=[
                 "src/mlplug_cpu/_native_kernels.h",
                 "src/mlplug_cpu/_native_pool.h",
                 "src/mlplug_cpu/_native_qdot.h",
+                "src/mlplug_cpu/_attention_kernel.h",
             ],
             extra_compile_args=_COMPILE,
             extra_link_args=_LINK,

@@ -499,7 +499,13 @@ static PyObject *py_isa(PyObject *self, PyObject *args) {
     return PyUnicode_FromString(active_isa);
 }
 
+/* Fused attention lives in _attention.c. */
+PyObject *mlplug_attention(PyObject *self, PyObject *args);
+PyObject *mlplug_attention_isa(PyObject *self, PyObject *args);
+
 static PyMethodDef METHODS[] = {
+    {"attention", mlplug_attention, METH_VARARGS, "Fused attention (see _attention.c)."},
+    {"attention_isa", mlplug_attention_isa, METH_NOARGS, "The attention kernel's ISA."},
     {"matmul", py_matmul, METH_VARARGS, "o[n, m] = sum_k W[m, k] x[n, k] (see module doc)."},
     {"dequantize", py_dequantize, METH_VARARGS, "Decode weight rows to packed F32 rows."},
     {"supported", py_supported, METH_VARARGS, "Whether a ggml type with row length K is handled."},

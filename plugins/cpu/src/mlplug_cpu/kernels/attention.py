@@ -1,9 +1,14 @@
 """Fused scaled-dot-product attention (SEMANTICS §8.7).
 
 ``out[:, h, t] = Σ_j softmax_j(scale · key[:, h // g, j] · query[:, h, t] + mask[j, t]) ·
-V[:, h // g, j]``, with ``g = H / Hkv`` (grouped-query attention: the ``g`` query heads of one KV
-head share one batched product). Key and value are dequantised to F32 once; queries are processed
-in chunks so that the score matrix stays bounded for long prompts.
+V[:, h // g, j]``, with ``g = H / Hkv`` (grouped-query attention).
+
+Two paths. The native kernel (``_attention.c`` in the C extension) reads F32/F16/BF16 key, value
+and mask in place through their strides, in blocks of the history with an online softmax, sharing
+each decoded block among the ``g`` query heads of its KV head and a tile of query tokens; blocks a
+tile's mask hides entirely are skipped. It runs on the native threads (``num_threads``). The
+numpy path (block-quantised caches, ``MLPLUG_CPU_NATIVE=0``, no compiler) dequantises key and value
+to F32 once and processes queries in chunks so that the score matrix stays bounded.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mlplug.device import Node, TensorRef
+from mlplug.device import DType, Node, TensorRef
+from mlplug_cpu.kernels import native
 from mlplug_cpu.kernels.quant import load, raw
 
-__all__ = ["KERNELS", "scaled_dot_product_attention"]
+__all__ = ["KERNELS", "active", "scaled_dot_product_attention"]
 
 _SCORE_BYTES = 64 << 20
 """Upper bound on the F32 score block computed at once."""
@@ -27,20 +33,59 @@ def _src(node: Node, i: int) -> TensorRef:
     return ref
 
 
+_NATIVE_TYPES = frozenset({DType.F32, DType.F16, DType.BF16})
+
+
+def active() -> str:
+    """Return the attention path in use: ``"native-avx512"``, ``"native-avx2"``,
+    ``"native-generic"`` (dtypes permitting) or ``"numpy"``."""
+    ext = native.extension()
+    return "numpy" if ext is None else f"native-{ext.attention_isa()}"
+
+
+def _native(node: Node, refs: tuple[TensorRef, TensorRef, TensorRef, TensorRef | None]) -> bool:
+    """Run the native kernel; return ``False`` (nothing written) where it does not apply."""
+    ext = native.extension()
+    if ext is None:
+        return False
+    q, k, v, mask = refs
+    permuted = bool(node.params["permuted_v"])
+    dk, heads, tokens = q.ne[0], q.ne[1], q.ne[2]
+    kv_heads, length = k.ne[1], k.ne[2]
+    dv = v.ne[1] if permuted else v.ne[0]
+    if length == 0:
+        return False
+    windows: list[tuple[object, ...] | None] = []
+    for ref in (q, k, v, mask, node.out):
+        if ref is None:
+            windows.append(None)
+            continue
+        data = native.host_array(ref)
+        if data is None or ref.dtype not in _NATIVE_TYPES:
+            return False
+        windows.append((data, ref.dtype.ggml_type, ref.offset, ref.nb[0], ref.nb[1], ref.nb[2]))
+    dims = (dk, dv, heads, kv_heads, tokens, length)
+    scale = float(node.params["scale"])
+    return bool(ext.attention(*windows, dims, scale, permuted, native.threads()))
+
+
 def scaled_dot_product_attention(node: Node) -> None:
     """Attention of ``query [Dk, H, T]`` over ``key [Dk, Hkv, L]`` and value.
 
     ``params["permuted_v"]`` selects the value layout: ``[Dv, Hkv, L]`` (standard) or
     ``[L, Dv, Hkv]`` (permuted). The mask ``[L, Tm]`` (F32 or F16, optional) is added to the
-    scaled scores; its rows ``t ≥ T`` are ignored.
+    scaled scores; its rows ``t ≥ T`` are ignored. A query row whose mask row is all ``-inf``
+    (a padding token; SEMANTICS §8.7 leaves it unspecified) gets zeros natively, NaN in numpy.
     """
     if node.out.n == 0:
+        return
+    mask_ref = node.srcs[3] if len(node.srcs) > 3 else None
+    if _native(node, (_src(node, 0), _src(node, 1), _src(node, 2), mask_ref)):
         return
     out = raw(node.out)[0]  # (T, H, Dv)
     q = load(_src(node, 0))[0]  # (T, H, Dk)
     k = load(_src(node, 1))[0]  # (L, Hkv, Dk)
     v = load(_src(node, 2))[0]  # (L, Hkv, Dv), or (Hkv, Dv, L) when permuted
-    mask_ref = node.srcs[3] if len(node.srcs) > 3 else None
     tokens, heads, dk = q.shape
     length, kv_heads, _ = k.shape
     group = heads // kv_heads

@@ -38,7 +38,10 @@ __all__ = [
     "configure",
     "configure_from_env",
     "expert_product",
+    "extension",
+    "host_array",
     "thread_count",
+    "threads",
     "weight_product",
 ]
 
@@ -99,6 +102,21 @@ def thread_count(n: int) -> Iterator[None]:
         yield
     finally:
         _local.threads = previous
+
+
+def extension() -> ModuleType | None:
+    """Return the C extension when it is built and switched on, else ``None``."""
+    return _native if _enabled else None
+
+
+def threads() -> int:
+    """Return the native thread count :func:`thread_count` set in this thread (0 = default)."""
+    return int(getattr(_local, "threads", 0))
+
+
+def host_array(ref: TensorRef) -> np.ndarray | None:
+    """Return the C-contiguous numpy bytes behind ``ref``'s buffer, or ``None``."""
+    return _buffer(ref)
 
 
 def _buffer(ref: TensorRef) -> np.ndarray | None:
