@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import bench_model  # noqa: E402  (the model file and token ids of the model benchmark)
+import bench_model  # the model file and token ids of the model benchmark
 
 
 class Timer:
@@ -145,8 +145,10 @@ def main() -> int:
         f"{path.name}, threads {args.threads}, prompt {args.prompt}, decode {args.decode} "
         f"steps after it (alternating native/numpy attention), attention {attention.active()}"
     )
-    print("\n| flash_attention | attention | prompt: attention ms | prompt ms | "
-          "decode: attention ms/token | decode ms/token | nodes/token |")
+    print(
+        "\n| flash_attention | attention | prompt: attention ms | prompt ms | "
+        "decode: attention ms/token | decode ms/token | nodes/token |"
+    )
     print("|---|---|---|---|---|---|---|")
     for flash in args.flash:
         result = measure(path, args, bool(flash))

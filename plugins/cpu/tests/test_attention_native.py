@@ -93,16 +93,16 @@ def _run(
     mask_ref = None
     if mask is not None:
         mask_ref = h.tensor(mask, length, mask.shape[0], dtype=mask_dtype)
-    with native.thread_count(threads):
-        out = h.run(
-            "scaled_dot_product_attention",
-            h.tensor(q, dk, heads, tokens),
-            key,
-            value,
-            mask_ref,
-            scale=scale,
-            permuted_v=permuted,
-        )
+    h.device.num_threads = threads  # execute() runs native kernels on these
+    out = h.run(
+        "scaled_dot_product_attention",
+        h.tensor(q, dk, heads, tokens),
+        key,
+        value,
+        mask_ref,
+        scale=scale,
+        permuted_v=permuted,
+    )
     # The reference sees the stored (rounded) key, value and mask.
     k_used = np.asarray(h.array(key)[0])
     v_used = h.array(value)[0].transpose(2, 0, 1) if permuted else h.array(value)[0]
@@ -196,13 +196,14 @@ def test_rows_of_minus_inf_give_zeros_and_leave_the_others(h, isa) -> None:
 
 @pytest.mark.parametrize("threads", [1, 2, 5])
 def test_long_history_split_across_threads(h, isa, threads) -> None:
-    # One decode token over 4096 cells: with a few threads the history is split into slices
-    # whose softmax states are merged; a -inf stretch makes one slice see nothing at all.
+    # One decode token over 4096 cells (enough work for several threads): with more than one
+    # thread the history is split into slices whose softmax states are merged; a -inf stretch
+    # makes one slice see nothing at all.
     length = 4096
     mask = np.zeros((1, length), np.float32)
     mask[0, 1000:2600] = -np.inf
     out, expected = _run(
-        h, tokens=1, heads=8, kv_heads=1, length=length, mask=mask, threads=threads
+        h, tokens=1, heads=32, kv_heads=1, length=length, mask=mask, threads=threads
     )
     _close(out, expected)
 

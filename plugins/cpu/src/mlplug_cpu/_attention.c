@@ -408,7 +408,7 @@ static void att_plan(att_problem *pb, int nth) {
      * at least two blocks each, and merge them at the end. */
     const int64_t items = pb->kv_heads * pb->n_tiles;
     int64_t split = 1;
-    if (items < 2 * (int64_t)nth) {
+    if (nth > 1 && items < 2 * (int64_t)nth) {
         split = att_ceil(2 * (int64_t)nth, items);
         const int64_t most = att_ceil(pb->length, 2 * ATT_BLOCK);
         if (split > most) split = most;
@@ -423,6 +423,33 @@ static void *att_alloc(size_t bytes) {
     void *p = aligned_alloc(64, bytes);
     if (p) memset(p, 0, bytes);
     return p;
+}
+
+typedef struct {
+    att_problem *pb;
+    att_item_fn fn;
+    size_t scratch_floats;
+    int64_t n_items, next; /* next: the shared item counter */
+    int failed;
+} att_run;
+
+/* One thread's share: take items from the shared counter until none is left (a thread that
+ * starts late finds less to do), with its own scratch. */
+static void att_task(void *arg, int ith, int nth) {
+    (void)ith;
+    (void)nth;
+    att_run *run = arg;
+    float *scratch = att_alloc(run->scratch_floats * sizeof(float));
+    if (!scratch) {
+        __atomic_store_n(&run->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (;;) {
+        const int64_t item = __atomic_fetch_add(&run->next, 1, __ATOMIC_RELAXED);
+        if (item >= run->n_items) break;
+        run->fn(run->pb, item, scratch);
+    }
+    free(scratch);
 }
 
 PyObject *mlplug_attention(PyObject *self, PyObject *args) {
@@ -497,38 +524,35 @@ PyObject *mlplug_attention(PyObject *self, PyObject *args) {
     int nth = 1;
 #ifdef _OPENMP
     nth = threads > 0 ? (int)threads : omp_get_max_threads();
-    if ((long long)tokens * heads * length * (dk + dv) < (1LL << 16)) nth = 1;
+    /* Below about a millisecond of work (a decode step over a few thousand cells) one thread
+     * is faster than waking others, and on a busy machine much safer: a parallel region ends
+     * only when its last thread has been scheduled. */
+    if ((long long)tokens * heads * length * (dk + dv) < (1LL << 24)) nth = 1;
 #else
     (void)threads;
 #endif
     att_plan(&pb, nth);
     const int64_t n_items = pb.kv_heads * pb.n_tiles * pb.n_split;
     if (nth > n_items) nth = (int)n_items;
-    const size_t scratch_floats = att_scratch_floats(&pb);
-    int failed = 0;
+    att_run run = {&pb, fn, att_scratch_floats(&pb), n_items, 0, 0};
     Py_BEGIN_ALLOW_THREADS
     if (pb.n_split > 1) {
         pb.partial = att_alloc((size_t)n_items * (size_t)pb.max_rows * (size_t)(pb.dv + 2) *
                                sizeof(float));
-        failed = pb.partial == NULL;
+        run.failed = pb.partial == NULL;
     }
-    if (!failed) {
+    if (!run.failed) {
+#ifdef _OPENMP
 #pragma omp parallel num_threads(nth) if (nth > 1)
-        {
-            float *scratch = att_alloc(scratch_floats * sizeof(float));
-            if (!scratch) {
-#pragma omp atomic write
-                failed = 1;
-            }
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t item = 0; item < n_items; item++)
-                if (scratch) fn(&pb, item, scratch);
-            free(scratch);
-        }
+        att_task(&run, omp_get_thread_num(), omp_get_num_threads());
+#else
+        att_task(&run, 0, 1);
+#endif
     }
-    if (!failed && pb.n_split > 1) att_merge(&pb);
+    if (!run.failed && pb.n_split > 1) att_merge(&pb);
     free(pb.partial);
     Py_END_ALLOW_THREADS
+    const int failed = run.failed;
     if (failed) {
         PyErr_NoMemory();
         goto done;
