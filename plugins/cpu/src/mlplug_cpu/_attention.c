@@ -10,9 +10,10 @@
  *       Returns False, doing nothing, for what it does not handle (other types, elements not
  *       packed along dim 0 for k/v rows, negative strides, out overlapping an input).
  *   attention_isa() -> str: "avx512", "avx2" or "generic".
- * Work items (KV head x tile of query tokens x slice of the history) run on OpenMP threads
- * (threads <= 0: OpenMP's default); slices of one row are merged at the end (flash decoding),
- * so a single decode token still uses every thread. The GIL is released while computing.
+ * Work items (KV head x tile of query tokens x slice of the history) run on the extension's
+ * thread pool (_native_pool.h; threads >= 1), taken from a shared counter; slices of one row
+ * are merged at the end (flash decoding), so a long decode history still uses every thread.
+ * The GIL is released while computing.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -21,9 +22,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+
+#include "_native_pool.h"
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define ATT_X86 1
@@ -521,16 +521,11 @@ PyObject *mlplug_attention(PyObject *self, PyObject *args) {
     pb.scale = (float)scale;
     const char *isa;
     const att_item_fn fn = att_pick(&isa);
-    int nth = 1;
-#ifdef _OPENMP
-    nth = threads > 0 ? (int)threads : omp_get_max_threads();
+    int nth = threads < 1 ? 1 : threads > MLPLUG_POOL_MAX ? MLPLUG_POOL_MAX : (int)threads;
     /* Below about a millisecond of work (a decode step over a few thousand cells) one thread
-     * is faster than waking others, and on a busy machine much safer: a parallel region ends
-     * only when its last thread has been scheduled. */
+     * is faster than waking others, and on a busy machine safer: a run ends only when each of
+     * its threads has been scheduled. */
     if ((long long)tokens * heads * length * (dk + dv) < (1LL << 24)) nth = 1;
-#else
-    (void)threads;
-#endif
     att_plan(&pb, nth);
     const int64_t n_items = pb.kv_heads * pb.n_tiles * pb.n_split;
     if (nth > n_items) nth = (int)n_items;
@@ -541,14 +536,7 @@ PyObject *mlplug_attention(PyObject *self, PyObject *args) {
                                sizeof(float));
         run.failed = pb.partial == NULL;
     }
-    if (!run.failed) {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nth) if (nth > 1)
-        att_task(&run, omp_get_thread_num(), omp_get_num_threads());
-#else
-        att_task(&run, 0, 1);
-#endif
-    }
+    if (!run.failed) mlplug_pool_run(nth, att_task, &run);
     if (!run.failed && pb.n_split > 1) att_merge(&pb);
     free(pb.partial);
     Py_END_ALLOW_THREADS

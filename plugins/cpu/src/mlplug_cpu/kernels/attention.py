@@ -66,7 +66,8 @@ def _native(node: Node, refs: tuple[TensorRef, TensorRef, TensorRef, TensorRef |
         windows.append((data, ref.dtype.ggml_type, ref.offset, ref.nb[0], ref.nb[1], ref.nb[2]))
     dims = (dk, dv, heads, kv_heads, tokens, length)
     scale = float(node.params["scale"])
-    return bool(ext.attention(*windows, dims, scale, permuted, native.threads()))
+    threads = native.threads() or ext.default_threads()
+    return bool(ext.attention(*windows, dims, scale, permuted, threads))
 
 
 def scaled_dot_product_attention(node: Node) -> None:
