@@ -34,9 +34,10 @@ import numpy as np
 from gguf.constants import GGUFValueType
 from gguf.gguf_reader import GGUFReader, ReaderField
 
-from mlplug.config import MetadataValue, ValueType
+from mlplug.config import Config, MetadataValue, ValueType
 from mlplug.dtype import DType
 from mlplug.errors import GGUFError
+from mlplug.placement import place_tensors
 
 __all__ = ["GGUFFile", "TensorInfo"]
 
@@ -329,6 +330,7 @@ class GGUFFile:
         alignment = int(reader.alignment)
         data_offset = int(reader.data_offset)
         tensors = _tensors(path, reader.tensor_fields, alignment, data_offset, size)
+        _check_block_count(path, metadata, tensors, size)
         return cls(path, fd, fmap, version, byte_order, alignment, data_offset, tensors, metadata)
 
     def view(self, offset: int, n: int) -> memoryview:
@@ -415,6 +417,55 @@ class GGUFFile:
     def __repr__(self) -> str:
         state = "closed" if self._buf is None else f"{len(self.tensors)} tensors"
         return f"GGUFFile({self.path!r}, v{self.version}, {state})"
+
+
+MAX_BLOCKS_WITHOUT_TENSORS = 512
+"""``block_count`` a file may declare beyond its tensor count (llama.cpp's LLAMA_MAX_LAYERS)."""
+_COPIES_PER_BLOCK = 3  # rope_freqs, rope_factors_long, rope_factors_short (§6.5 rule 4)
+
+
+def _check_block_count(
+    path: str, metadata: dict[str, MetadataValue], tensors: tuple[TensorInfo, ...], size: int
+) -> None:
+    """Refuse a ``block_count`` the file cannot back, before anything is sized by it.
+
+    Each block has weights of its own, so a file declares at most as many blocks as it has
+    tensors (or :data:`MAX_BLOCKS_WITHOUT_TENSORS`, for vocabulary-only files). The per-layer
+    copies of rope tables (one per block, §6.5 rule 4) are bounded too: at most
+    ``_COPIES_PER_BLOCK`` per block, and no more bytes than the file holds. Without these checks a
+    2.7 MB file declaring 10^8 blocks took 72 s and 7.4 GiB before failing.
+
+    Raises:
+        GGUFError: Naming the key (and the tensor for rope tables).
+    """
+    config = Config(metadata)
+    key = config.key("block_count")
+    blocks = config.uint("block_count")
+    n_tensors = len(tensors)
+    limit = max(n_tensors, MAX_BLOCKS_WITHOUT_TENSORS)
+    if blocks > limit:
+        raise GGUFError(
+            f"[gguf] {path}: {key} = {blocks}, more blocks than the file has tensors "
+            f"({n_tensors}; at most {limit} blocks)"
+        )
+    # Which tensors place_tensors copies per block: with one block, each becomes "blk.0.<name>".
+    names = [t.name for t in tensors]
+    copied = {p.source for p in place_tensors(names, 1) if p.name == "blk.0." + p.source}
+    if not copied or not blocks:
+        return
+    if blocks * len(copied) > _COPIES_PER_BLOCK * limit:
+        raise GGUFError(
+            f"[gguf] {path}: {len(copied)} rope tables copied to each of the {blocks} "
+            f"blocks of {key} (at most {_COPIES_PER_BLOCK} per block)"
+        )
+    by_name = {t.name: t for t in tensors}
+    copy_bytes = blocks * sum(by_name[n].nbytes for n in copied)
+    if copy_bytes > size:
+        biggest = max(copied, key=lambda n: by_name[n].nbytes)
+        raise GGUFError(
+            f"[gguf] {path}: tensor {biggest!r} copied to each of the {blocks} blocks of "
+            f"{key} needs {copy_bytes} bytes, more than the file's {size}"
+        )
 
 
 def _file_kind(mode: int) -> str:

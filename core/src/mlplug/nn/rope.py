@@ -91,9 +91,15 @@ class RopeConfig:
             neox: The architecture's rotation style.
 
         Raises:
-            ValueError: ``rope.scaling.type`` names a scaling this module does not implement.
+            ValueError: ``rope.scaling.type`` names a scaling this module does not implement, or
+                ``rope.dimension_count`` is odd or larger than ``n_dims``.
         """
         n = config.uint("rope.dimension_count", n_dims)
+        if n > n_dims or n % 2:  # a lying file would size the rotation tables by it
+            raise ValueError(
+                f"[RoPE] {config.key('rope.dimension_count')} = {n}, expected an even number "
+                f"<= the head size {n_dims}"
+            )
         base = config.float("rope.freq_base", 10000.0)
         kind = config.string("rope.scaling.type", "")
         factor = config.float("rope.scaling.factor", 0.0)

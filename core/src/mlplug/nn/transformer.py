@@ -139,7 +139,7 @@ class TransformerConfig:
         if config.uint("expert_count", 0) > 0:
             raise ModelFileError(f"[{arch}] {where}: mixture-of-experts models are not supported")
         n_head_kv = _per_layer(config, "attention.head_count_kv", n_layer, n_head, arch)
-        if n_head % n_head_kv:
+        if not n_head_kv or n_head % n_head_kv:
             raise ModelFileError(
                 f"[{arch}] {where}: {arch}.attention.head_count {n_head} is not a multiple of "
                 f"{arch}.attention.head_count_kv {n_head_kv}"
@@ -147,6 +147,12 @@ class TransformerConfig:
         head_dim_k = config.uint("attention.key_length", n_embd // n_head)
         head_dim_v = config.uint("attention.value_length", head_dim_k)
         n_vocab = config.uint("vocab_size", 0) or len(config.strings("tokenizer.ggml.tokens"))
+        eps = config.float("attention.layer_norm_rms_epsilon", 1e-5)
+        if not (math.isfinite(eps) and eps >= 0):  # a lying file, not a model to run
+            raise ModelFileError(
+                f"[{arch}] {where}: {arch}.attention.layer_norm_rms_epsilon = {eps}, expected a "
+                "finite number >= 0"
+            )
         try:
             rope = RopeConfig.from_config(config, head_dim_k, neox=neox)
         except (ValueError, ShapeError) as err:
@@ -160,7 +166,7 @@ class TransformerConfig:
             n_head_kv=n_head_kv,
             head_dim_k=head_dim_k,
             head_dim_v=head_dim_v,
-            eps=config.float("attention.layer_norm_rms_epsilon", 1e-5),
+            eps=eps,
             n_ctx_train=config.uint("context_length", 0),
             n_vocab=n_vocab,
             rope=rope,
