@@ -129,3 +129,24 @@ def test_special_token_id_outside_the_vocabulary_is_ignored() -> None:
     with pytest.warns(UserWarning, match="bos_token_id = 99 is outside the 3 tokens"):
         tok = Tokenizer.from_metadata(meta)
     assert tok.bos_id is None and tok.encode("ab") == [2]
+
+
+# -- info shows what a run needs ------------------------------------------------------------------
+
+
+def test_info_shows_the_cache_and_graph_a_run_needs(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from mlplug._run import demo_model_path
+
+    with demo_model_path() as path:
+        assert main(["info", str(path), "-c", "256", "--json"]) == 0
+        small = json.loads(capsys.readouterr().out)
+        assert main(["info", str(path), "-c", "512", "--json"]) == 0
+        big = json.loads(capsys.readouterr().out)
+    assert small["ctx_size"] == 256 and big["ctx_size"] == 512
+    cpu_small, cpu_big = small["memory"]["CPU"], big["memory"]["CPU"]
+    assert "Cache" in cpu_small and "Graph" in cpu_small  # not 0 B any more
+    # Twice the context, twice the cache: sizes are the cache's, not a constant.
+    size = lambda text: sum(int(m[:-1]) for m in text.strip("[]").split())  # noqa: E731
+    assert size(cpu_big["Cache"]) == 2 * size(cpu_small["Cache"])

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from mlplug.registry import registry
 
@@ -90,13 +91,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
     params = BackendParams(
         num_gpu_layers=args.num_gpu_layers, main_gpu=args.main_gpu, tensor_split=split
     )
+    unplanned = ""  # why the cache and graph could not be planned, if they could not
     try:
         known = catalog.lookup(args.model)
         if known is not None and not os.path.isfile(args.model):
             args.model = str(catalog.resolve(known))
         # The architecture, keys and tensors first: nothing is allocated for a file no model of
         # mlplug.models can run.
-        check_file(args.model)
+        if args.ctx_size < 0 or args.batch_size < 1:
+            print("mlplug info: --ctx-size must be >= 0 and -b >= 1", file=sys.stderr)
+            return 2
+        hparams = check_file(args.model)
+        n_ctx = args.ctx_size or hparams.n_ctx_train or 4096
+        n_batch = min(args.batch_size, n_ctx)
         backend = registry.new_backend(args.model, params, args.backend)
     except ErrNoMem as err:
         memory, failed = err.memory, True
@@ -106,13 +113,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 1
     else:
         with backend:
-            memory, failed, config = backend.backend_memory(), False, backend.config()
+            config = backend.config()
             tensors = getattr(backend, "_model", None)
             n_tensors = len(tensors.tensors) if tensors is not None else 0
+            try:
+                memory, failed = _plan_run(backend, n_ctx, n_batch), False
+            except ErrNoMem as err:
+                memory, failed = err.memory, True
+            except MlplugError as err:  # e.g. a device that cannot run some node of the model
+                memory, failed, unplanned = backend.backend_memory(), False, str(err)
     if args.json:
         out: dict[str, object] = {
             "model": args.model,
             "fits": not failed,
+            "ctx_size": n_ctx if config is not None else None,
             "memory": memory.log_value(),
             "summary": memory.summary().splitlines(),
         }
@@ -137,11 +151,32 @@ def _cmd_info(args: argparse.Namespace) -> int:
             else:
                 print(f"  {key} = {_short(value.value)}")
     print()
+    if config is not None and unplanned:
+        print(f"memory of the weights (the cache and graph could not be planned: {unplanned}):")
+    elif config is not None:
+        print(f"memory for a context of {n_ctx} tokens and batches of up to {n_batch}:")
     print(memory.summary())
     if failed:
         print("does not fit: " + str(memory), file=sys.stderr)
         return 1
     return 0
+
+
+def _plan_run(backend: Any, n_ctx: int, n_batch: int) -> Any:
+    """Reserve the KV cache and compute graph a run of ``n_ctx`` tokens needs; return the books.
+
+    No weight is read (``reserve`` plans and allocates only). The cache is closed again after
+    the snapshot, so the backend holds only its weights when ``info`` closes it.
+    """
+    from mlplug.models import from_backend
+
+    model = from_backend(backend)
+    cache = model.new_cache(capacity=n_ctx, max_batch=n_batch)
+    try:
+        model.reserve(cache, n_batch)
+        return backend.backend_memory()
+    finally:
+        cache.close()
 
 
 def _short(value: object) -> str:
@@ -239,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpu-layers", type=int, default=0, help=_GPU_LAYERS_HELP)
     p.add_argument("--main-gpu", type=int, default=0, help="GPU of the output layer")
     p.add_argument("--tensor-split", default="", help="comma-separated shares, e.g. 3,1")
+    p.add_argument(
+        "-c",
+        "--ctx-size",
+        type=int,
+        default=0,
+        help="context the KV cache is sized for (0: the model's context length)",
+    )
+    p.add_argument("-b", "--batch-size", type=int, default=512, help="largest prompt batch")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
