@@ -78,6 +78,15 @@ class ArrayApi:
         """Silence IEEE warnings (numpy only: GPUs do not warn)."""
         return np.errstate(all="ignore") if self.emulated else nullcontext()
 
+    def argsort(self, x: Any) -> Any:
+        """Return the indices sorting ``x`` along its last axis, stably (ties keep their order).
+
+        cupy's argsort is stable and takes no ``kind`` argument; numpy's needs ``kind="stable"``.
+        """
+        if self.emulated:
+            return np.argsort(x, axis=-1, kind="stable")
+        return self.xp.argsort(x, axis=-1)
+
     def matmul_f16(self, x: Any, w: Any) -> Any:
         """Return ``x @ w`` for F16 operands: F32 accumulation, F16 result (cuBLAS's GEMM)."""
         if self.emulated:

@@ -288,13 +288,13 @@ def codes(api: ArrayApi, blocks: Any, dtype: DType) -> tuple[Any, Any, Any]:
     """
     xp = api.xp
     spec = CODES[dtype]
-    lo = (blocks[:, api.asarray(spec.lo_byte)] >> api.asarray(spec.lo_shift).astype(np.uint8)) & (
-        spec.lo_mask
-    )
+    # numpy uint8 scalars keep every step uint8 on numpy and cupy alike (a Python int may promote).
+    shift = api.asarray(spec.lo_shift.astype(np.uint8))
+    lo = (blocks[:, api.asarray(spec.lo_byte)] >> shift) & np.uint8(spec.lo_mask)
     q = lo.view(np.int8).astype(np.int16) if spec.signed else lo.astype(np.int16)
     if spec.hi_byte is not None and spec.hi_shift is not None:
-        hi = blocks[:, api.asarray(spec.hi_byte)] >> api.asarray(spec.hi_shift).astype(np.uint8)
-        q = q | ((hi & spec.hi_mask).astype(np.int16) << spec.lo_bits)
+        hi = blocks[:, api.asarray(spec.hi_byte)] >> api.asarray(spec.hi_shift.astype(np.uint8))
+        q = q | ((hi & np.uint8(spec.hi_mask)).astype(np.int16) << np.int16(spec.lo_bits))
     if spec.offset:
         q = q - np.int16(spec.offset)
     d, m = spec.scales(xp, blocks)
@@ -347,7 +347,7 @@ def _f32_to_bf16(xp: Any, values: Any) -> Any:
 
 def _quantize_q8_0(xp: Any, x: Any) -> Any:
     d = xp.abs(x).max(axis=1, keepdims=True) / np.float32(127)
-    inv = xp.where(d == 0, np.float32(0), np.float32(1) / xp.where(d == 0, 1, d))
+    inv = xp.where(d == 0, np.float32(0), np.float32(1) / xp.where(d == 0, np.float32(1), d))
     q = _roundf(xp, x * inv).astype(np.int8).view(np.uint8)
     return xp.concatenate([d.astype(np.float16).view(np.uint8), q], axis=1)
 
@@ -356,7 +356,7 @@ def _quantize_q4_0(xp: Any, x: Any) -> Any:
     at = xp.abs(x).argmax(axis=1)[:, None]
     peak = xp.take_along_axis(x, at, axis=1)
     d = peak / np.float32(-8)
-    inv = xp.where(d == 0, np.float32(0), np.float32(1) / xp.where(d == 0, 1, d))
+    inv = xp.where(d == 0, np.float32(0), np.float32(1) / xp.where(d == 0, np.float32(1), d))
     q = xp.clip(xp.trunc(x * inv + np.float32(8.5)), 0, 15).astype(np.uint8)
     packed = q[:, :16] | (q[:, 16:] << np.uint8(4))
     return xp.concatenate([d.astype(np.float16).view(np.uint8), packed], axis=1)

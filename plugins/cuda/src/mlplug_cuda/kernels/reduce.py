@@ -93,8 +93,8 @@ def argsort(node: Node) -> None:
     """Indices sorting each row ascending (stable, so ties keep their order)."""
     if node.out.n == 0:
         return
-    xp = api_of(node.out).xp
-    xp.copyto(raw(node.out), xp.argsort(load(_src(node)), axis=-1, kind="stable"), casting="unsafe")
+    api = api_of(node.out)
+    api.xp.copyto(raw(node.out), api.argsort(load(_src(node))), casting="unsafe")
 
 
 def topk(node: Node) -> None:
@@ -104,10 +104,10 @@ def topk(node: Node) -> None:
     """
     if node.out.n == 0:
         return
-    xp = api_of(node.out).xp
+    api = api_of(node.out)
     k = int(node.params["k"])
-    idx = xp.argsort(xp.negative(load(_src(node))), axis=-1, kind="stable")[..., :k]
-    xp.copyto(raw(node.out), idx, casting="unsafe")
+    idx = api.argsort(api.xp.negative(load(_src(node))))[..., :k]
+    api.xp.copyto(raw(node.out), idx, casting="unsafe")
 
 
 KERNELS: dict[str, Callable[[Node], None]] = {
