@@ -36,6 +36,7 @@ def logits_on(backend_name: str, path: Path, flash: bool) -> list[np.ndarray]:
 def test_demo_model_logits_match_cpu(emulate: pytest.MonkeyPatch, flash: bool) -> None:
     """Every kernel but mmvq: F16 GEMMs for the products (cuBLAS's precision), flash twin."""
     emulate.setenv("MLPLUG_CUDA_EMULATE", "1")
+    emulate.setenv("MLPLUG_CPU_NATIVE", "0")  # the reference: the cpu plugin's exact products
     emulate.setattr(mmvq, "usable", lambda a, b: False)
     path = Path(str(resources.files("mlplug") / "data" / "demo.gguf"))
     cuda = logits_on("cuda", path, flash)
@@ -50,6 +51,7 @@ def test_demo_model_logits_match_cpu(emulate: pytest.MonkeyPatch, flash: bool) -
 def test_decode_through_mmvq_stays_close_to_cpu(emulate: pytest.MonkeyPatch) -> None:
     """With mmvq (8-bit activations, as llama.cpp's CUDA build): near, not equal."""
     emulate.setenv("MLPLUG_CUDA_EMULATE", "1")
+    emulate.setenv("MLPLUG_CPU_NATIVE", "0")  # the reference: the cpu plugin's exact products
     calls: list[str] = []
     usable = mmvq.usable
 
