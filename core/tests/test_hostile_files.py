@@ -44,16 +44,21 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     # Without a writer, a plain open() of a FIFO blocks for ever: run it where a hang is caught.
     out = run_python(
         f"""
+        from mlplug.cli import main
         from mlplug.errors import GGUFError
         from mlplug.gguf import GGUFFile
-        try:
-            GGUFFile.open({str(fifo)!r})
-        except GGUFError as err:
-            print(err)
+        from mlplug.tokenizer import Tokenizer
+        for read in (GGUFFile.open, Tokenizer.from_gguf):
+            try:
+                read({str(fifo)!r})
+            except GGUFError as err:
+                print(err)
+        print("info", main(["info", {str(fifo)!r}]))
         """,
-        timeout=30,
+        timeout=60,
     )
-    assert "not a regular file (a FIFO)" in out.stdout, out.stderr
+    assert out.stdout.count("not a regular file (a FIFO)") == 2, out.stderr
+    assert "info 1" in out.stdout and "not a regular file (a FIFO)" in out.stderr
 
 
 def test_socket_directory_and_device_are_refused(tmp_path: Path) -> None:

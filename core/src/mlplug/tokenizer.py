@@ -416,15 +416,19 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
-        """Read the tokenizer metadata of a GGUF file (no tensor data is read)."""
-        from gguf import GGUFReader
+        """Read the tokenizer metadata of a GGUF file (no tensor data is read).
 
-        reader = GGUFReader(path)
-        values = {
-            name: field.contents()
-            for name, field in reader.fields.items()
-            if name.startswith("tokenizer.")
-        }
+        The file is opened and validated by :class:`mlplug.gguf.GGUFFile` (a malformed file is a
+        ``GGUFError``; a FIFO or device is refused instead of blocking).
+        """
+        from mlplug.gguf import GGUFFile
+
+        with GGUFFile.open(path) as file:
+            values = {
+                name: item.value
+                for name, item in file.metadata.items()
+                if name.startswith("tokenizer.")
+            }
         return cls.from_metadata(values)
 
     # -- the API --------------------------------------------------------------------------------
