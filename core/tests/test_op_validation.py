@@ -46,6 +46,9 @@ SHAPE_ERRORS: dict[str, Callable[[Context], object]] = {
         c, z(c, F32, 8, 3, 5), z(c, F32, 8, 3, 5), None, 0.1
     ),
     "rope": lambda c: z(c, F32, 8, 2, 3).rope(c, z(c, F32, 5, 3), z(c, F32, 5, 3), 0),
+    "swiglu": lambda c: z(c, F32, 4, 3).swiglu(c, z(c, F32, 3, 3)),
+    "geglu": lambda c: z(c, F32, 4, 3).geglu(c, z(c, F32, 4, 2)),
+    "rms_norm_add": lambda c: z(c, F32, 4, 3).rms_norm_add(c, None, z(c, F32, 4, 2), 1e-6),
 }
 # Ops with no shape operand or parameter to violate: unary and row ops on any extents, sorting.
 NO_SHAPE_RULE = {
@@ -95,6 +98,9 @@ DTYPE_ERRORS: dict[str, Callable[[Context], object]] = {
     ),
     "arange": lambda c: c.arange(0, 4, 1, DType.F16),
     "rope": lambda c: z(c, F16, 8, 2, 3).rope(c, z(c, F32, 4, 3), z(c, F32, 4, 3), 2),
+    "swiglu": lambda c: z(c, F32, 4).swiglu(c, z(c, I32, 4)),
+    "geglu": lambda c: z(c, I32, 4).geglu(c, z(c, F32, 4)),
+    "rms_norm_add": lambda c: z(c, F32, 4).rms_norm_add(c, z(c, F32, 4), z(c, I32, 4), 1e-6),
 }
 # Ops that accept every dtype: checked instead to accept every creatable one.
 ANY_DTYPE = {"reshape", "view", "permute", "contiguous", "duplicate"}
@@ -159,6 +165,8 @@ def test_mulmat_message_names_values(ctx: Context) -> None:
         (lambda c: z(c, F32, 4, 3).permute(c, 1, 0, 2, 3).reshape(c, 12), ShapeError),
         (lambda c: z(c, F32, 4, 1, 3).rope(c, z(c, F32, 2, 3), z(c, F32, 2, 3), 1), ValueError),
         (lambda c: z(c, F32, 4, 1, 3).rope(c, z(c, F32, 2, 3), z(c, F32, 1, 3), 0), ShapeError),
+        (lambda c: z(c, F32, 4).rms_norm_add(c, None, z(c, F32, 4), -1.0), ValueError),
+        (lambda c: z(c, F32, 4).rms_norm_add(c, None, None, 1e-6), TypeError),
     ],
 )
 def test_invalid_parameters(

@@ -237,6 +237,28 @@ class TensorOps:
         """
         return self._op_call(ctx, "rope", (cos, sin), {"mode": mode})
 
+    def swiglu(self, ctx: Context, b: Tensor) -> Tensor:
+        """Return ``silu(a) · b`` (``b`` tiled over ``a`` as in ``mul``) in one node.
+
+        The gated activation of SwiGLU feed-forward layers: ``a.silu(ctx).mul(ctx, b)``.
+        """
+        return self._op_call(ctx, "swiglu", (b,), {})
+
+    def geglu(self, ctx: Context, b: Tensor) -> Tensor:
+        """Return ``gelu(a) · b`` (tanh GELU; ``b`` tiled as in ``mul``) in one node.
+
+        The gated activation of GeGLU feed-forward layers: ``a.gelu(ctx).mul(ctx, b)``.
+        """
+        return self._op_call(ctx, "geglu", (b,), {})
+
+    def rms_norm_add(self, ctx: Context, w: Tensor | None, r: Tensor, eps: float) -> Tensor:
+        """Return ``rms_norm(a, w, eps) + r`` (``w``, ``r`` tiled over ``a``) in one node.
+
+        A post-norm and its residual (Gemma's sandwich norms):
+        ``a.rms_norm(ctx, w, eps).add(ctx, r)``.
+        """
+        return self._op_call(ctx, "rms_norm_add", (w, r), {"eps": eps})
+
 
 class ContextOps:
     """The ops recorded on a context (no tensor operand)."""

@@ -852,6 +852,19 @@ def _rope(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     return Result(_fresh(a.dtype, a.ne), {"mode": mode, "n_rot": 2 * half})
 
 
+def _rms_norm_add(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
+    op = "rms_norm_add"
+    a, w, r = srcs
+    if a is None or r is None:
+        raise ValueError(f"{op}: a and r must be tensors")
+    _need_dtype(op, "receiver", a.dtype, FLOAT)
+    for role, m in (("w", w), ("r", r)):
+        if m is not None:
+            _need_dtype(op, role, m.dtype, FLOAT)
+            _tiles(op, a, m, role)
+    return Result(_fresh(a.dtype, a.ne), {"eps": params["eps"]})
+
+
 def _arange(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     op = "arange"
     dtype = params["dtype"]
@@ -1295,6 +1308,51 @@ _TABLE: list[OpDef] = [
         flops=_flops_per_out(3),
         dtypes=frozenset({DType.F32}),
         tolerance=Tolerance(eps_mult=4.0, abs_eps=32.0),
+        optional=True,
+    ),
+    OpDef(
+        name="swiglu",
+        category="fused",
+        doc=(
+            "Return ``silu(a) · b`` (``b`` tiled over ``a`` as in ``mul``) in one node.\n\n"
+            "The gated activation of SwiGLU feed-forward layers: ``a.silu(ctx).mul(ctx, b)``."
+        ),
+        operands=("a", "b"),
+        rule=_binary("swiglu"),
+        flops=_flops_per_out(5),
+        dtypes=FLOAT,
+        tolerance=_TRANSCENDENTAL,
+        optional=True,
+    ),
+    OpDef(
+        name="geglu",
+        category="fused",
+        doc=(
+            "Return ``gelu(a) · b`` (tanh GELU; ``b`` tiled as in ``mul``) in one node.\n\n"
+            "The gated activation of GeGLU feed-forward layers: ``a.gelu(ctx).mul(ctx, b)``."
+        ),
+        operands=("a", "b"),
+        rule=_binary("geglu"),
+        flops=_flops_per_out(9),
+        dtypes=FLOAT,
+        tolerance=Tolerance(eps_mult=16.0, abs_eps=16.0, rel_floor=1e-3, abs_floor=1e-4),
+        optional=True,
+    ),
+    OpDef(
+        name="rms_norm_add",
+        category="fused",
+        doc=(
+            "Return ``rms_norm(a, w, eps) + r`` (``w``, ``r`` tiled over ``a``) in one node.\n\n"
+            "A post-norm and its residual (Gemma's sandwich norms):\n"
+            "``a.rms_norm(ctx, w, eps).add(ctx, r)``."
+        ),
+        operands=("a", "w?", "r"),
+        params=(_EPS,),
+        call=("w", "r", "eps"),
+        rule=_rms_norm_add,
+        flops=_flops_per_in(5),
+        dtypes=FLOAT,
+        tolerance=_REDUCE,
         optional=True,
     ),
 ]

@@ -14,7 +14,7 @@ from functools import cache
 from mlplug.dtype import DType
 from mlplug.ops import OPS
 
-from . import attention, conv, elementwise, file_weights, matmul, movement, reduce, rope
+from . import attention, conv, elementwise, file_weights, fused, matmul, movement, reduce, rope
 from .model import Case, Input, Step, rng_for
 
 __all__ = ["Case", "Input", "Step", "all_cases", "find_case", "not_generated", "rng_for"]
@@ -31,6 +31,7 @@ def all_cases() -> tuple[Case, ...]:
         *conv.generate(),
         *attention.generate(),
         *rope.generate(),
+        *fused.generate(),
         *file_weights.generate(),
     ]
     order = {name: i for i, name in enumerate(OPS)}

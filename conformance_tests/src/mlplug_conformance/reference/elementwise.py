@@ -1,4 +1,5 @@
-"""Unary and binary element-wise ops, ``arange`` (SEMANTICS §5.2, §5.3, §4.3) and ``rope``."""
+"""Unary and binary element-wise ops, ``arange`` (SEMANTICS §5.2, §5.3, §4.3), ``rope`` and the
+fused gated activations ``swiglu``/``geglu``."""
 
 from __future__ import annotations
 
@@ -107,6 +108,9 @@ def _rope(srcs: Sequence[np.ndarray | None], params: Mapping[str, Any], out: Met
 KERNELS: dict[str, Kernel] = {
     **{name: _unary(f) for name, f in _UNARY.items()},
     "rope": _rope,
+    # Optional fused ops: the composite's mathematics, rounded once.
+    "swiglu": _binary(lambda a, b: _UNARY["silu"](a) * b),
+    "geglu": _binary(lambda a, b: gelu(a) * b),
     **{name: _binary(f) for name, f in _BINARY.items()},
     "scale": _scale,
     "clamp": _clamp,

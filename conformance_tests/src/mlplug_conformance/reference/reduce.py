@@ -63,6 +63,13 @@ def _rms_norm(srcs: Sequence[np.ndarray | None], params: Mapping[str, Any], out:
     return y
 
 
+def _rms_norm_add(srcs: Sequence[np.ndarray | None], params: Mapping[str, Any], out: Meta) -> Any:
+    a, w, r = srcs
+    assert r is not None
+    x = values(a)  # type: ignore[arg-type]
+    return _rms_norm((a, w), params, out) + tile(values(r), x.shape)
+
+
 def _sum_rows(srcs: Sequence[np.ndarray | None], params: Mapping[str, Any], out: Meta) -> Any:
     return values(srcs[0]).sum(axis=-1, keepdims=True)  # type: ignore[arg-type]
 
@@ -94,6 +101,7 @@ KERNELS: dict[str, Kernel] = {
     "softmax": _softmax,
     "layer_norm": _layer_norm,
     "rms_norm": _rms_norm,
+    "rms_norm_add": _rms_norm_add,
     "sum_rows": _sum_rows,
     "mean": _mean_op,
     "variance": _variance_op,

@@ -92,18 +92,30 @@ class Embedding:
 
 @dataclass(frozen=True, slots=True)
 class RMSNorm:
-    """``x / sqrt(mean(x²) + eps) · w`` along dim 0."""
+    """``x / sqrt(mean(x²) + eps) · w`` along dim 0, optionally plus a residual.
+
+    Attributes:
+        weight: ``[n]`` or ``None``.
+        eps: Added to the mean square.
+        fused: With a residual, record the optional fused ``rms_norm_add`` op (one node);
+            ``False`` records ``rms_norm`` then ``add`` (ops of SEMANTICS §5 only).
+    """
 
     weight: Tensor | None
     eps: float
+    fused: bool = True
 
-    def __call__(self, ctx: Context, x: Tensor) -> Tensor:
-        """Return the normalised ``x`` (same shape)."""
+    def __call__(self, ctx: Context, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """Return the normalised ``x`` (same shape), plus ``residual`` when given."""
         if self.weight is not None and self.weight.dim(0) != x.dim(0):
             raise ShapeError(
                 f"[RMSNorm] weight has {self.weight.dim(0)} values, input rows {x.dim(0)}"
             )
-        return x.rms_norm(ctx, self.weight, self.eps)
+        if residual is None:
+            return x.rms_norm(ctx, self.weight, self.eps)
+        if self.fused:
+            return x.rms_norm_add(ctx, self.weight, residual, self.eps)
+        return x.rms_norm(ctx, self.weight, self.eps).add(ctx, residual)
 
 
 @dataclass(frozen=True, slots=True)

@@ -339,12 +339,15 @@ class FeedForward:
         up: ``[n_embd, n_ff]``.
         down: ``[n_ff, n_embd]``.
         activation: ``"silu"`` or ``"gelu"``.
+        fused: Record the optional fused ``swiglu``/``geglu`` op (one node); ``False`` records
+            the activation and ``mul`` (ops of SEMANTICS §5 only).
     """
 
     gate: Linear
     up: Linear
     down: Linear
     activation: str = "silu"
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if self.activation not in ("silu", "gelu"):
@@ -352,9 +355,12 @@ class FeedForward:
 
     def __call__(self, ctx: Context, x: Tensor) -> Tensor:
         """Return the feed-forward output ``[n_embd, T]``."""
-        g = self.gate(ctx, x)
-        g = g.silu(ctx) if self.activation == "silu" else g.gelu(ctx)
-        return self.down(ctx, g.mul(ctx, self.up(ctx, x)))
+        g, u = self.gate(ctx, x), self.up(ctx, x)
+        if self.fused:  # the optional fused swiglu/geglu op: one node instead of two
+            h = g.swiglu(ctx, u) if self.activation == "silu" else g.geglu(ctx, u)
+        else:
+            h = (g.silu(ctx) if self.activation == "silu" else g.gelu(ctx)).mul(ctx, u)
+        return self.down(ctx, h)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,12 +389,14 @@ class Block:
         if rows is not None:
             a = a.rows(ctx, rows)
             x = x.rows(ctx, rows)
+        # A post norm and the residual add are one node (rms_norm_add) unless the norm is unfused.
         if self.post_attn_norm is not None:
-            a = self.post_attn_norm(ctx, a)
-        x = x.add(ctx, a)
+            x = self.post_attn_norm(ctx, a, residual=x)
+        else:
+            x = x.add(ctx, a)
         f = self.ffn(ctx, self.ffn_norm(ctx, x))
         if self.post_ffn_norm is not None:
-            f = self.post_ffn_norm(ctx, f)
+            return self.post_ffn_norm(ctx, f, residual=x)
         return x.add(ctx, f)
 
 

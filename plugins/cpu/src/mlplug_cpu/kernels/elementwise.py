@@ -1,4 +1,5 @@
-"""Element-wise kernels: unary ops, ``scale``, ``clamp``, the tiled binary ops and ``rope``.
+"""Element-wise kernels: unary ops, ``scale``, ``clamp``, the tiled binary ops, ``rope`` and the
+gated activations ``swiglu``/``geglu``.
 
 SEMANTICS §5.2-§5.3. Every op computes in F32 and rounds once to the result dtype. Binary ops
 **tile** ``b`` over ``a`` (``b.ne[i]`` divides ``a.ne[i]``), which numpy broadcasting does not do
@@ -180,9 +181,26 @@ def _rope(node: Node) -> None:
     commit(node.out, o)
 
 
+def _gated(f: Callable[[np.ndarray, np.ndarray], None]) -> Callable[[Node], None]:
+    # The optional fused gated activations: f(a) · tile(b) in one node (one rounding).
+    def kernel(node: Node) -> None:
+        if node.out.n == 0:
+            return
+        a, b = node.srcs
+        assert a is not None and b is not None
+        o = dest(node.out)
+        f(load(a), o)
+        tiled(np.multiply, o, load(b), out=o)
+        commit(node.out, o)
+
+    return kernel
+
+
 KERNELS: dict[str, Callable[[Node], None]] = {
     **{name: _unary(f) for name, f in _UNARY.items()},
     "rope": _rope,
+    "swiglu": _gated(_silu),
+    "geglu": _gated(_gelu),
     "scale": _scale,
     "clamp": _clamp,
     "add": _binary(np.add),

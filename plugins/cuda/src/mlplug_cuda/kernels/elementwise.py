@@ -1,4 +1,5 @@
-"""Element-wise kernels: unary ops, ``scale``, ``clamp``, the tiled binary ops and ``rope``.
+"""Element-wise kernels: unary ops, ``scale``, ``clamp``, the tiled binary ops, ``rope`` and the
+gated activations ``swiglu``/``geglu``.
 
 SEMANTICS §5.2-§5.3, on ``api.xp`` (cupy, or numpy under emulation). Every op computes in F32 and
 rounds once to the result dtype. Binary ops **tile** ``b`` over ``a``: :func:`tiled` splits each
@@ -183,9 +184,25 @@ def _rope(node: Node) -> None:
     commit(node.out, o)
 
 
+def _gated(f: Callable[[Any, Any, Any], None]) -> Callable[[Node], None]:
+    # The optional fused gated activations: f(a) · tile(b) in one node.
+    def kernel(node: Node) -> None:
+        if node.out.n == 0:
+            return
+        api = api_of(node.out)
+        o = dest(node.out)
+        f(api.xp, load(_src(node, 0)), o)
+        tiled(api, "multiply", o, load(_src(node, 1)), o)
+        commit(node.out, o)
+
+    return kernel
+
+
 KERNELS: dict[str, Callable[[Node], None]] = {
     **{name: _unary(f) for name, f in _UNARY.items()},
     "rope": _rope,
+    "swiglu": _gated(_silu),
+    "geglu": _gated(_gelu),
     "scale": _scale,
     "clamp": _clamp,
     "add": _binary("add"),

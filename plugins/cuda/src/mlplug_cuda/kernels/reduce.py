@@ -68,16 +68,25 @@ def layer_norm(node: Node) -> None:
     commit(node.out, o)
 
 
-def rms_norm(node: Node) -> None:
-    """``x / sqrt(mean(x²) + eps)``, then ``· w`` when given."""
-    if node.out.n == 0:
-        return
-    xp = api_of(node.out).xp
-    x = load(_src(node))
-    o = dest(node.out)
-    xp.divide(x, xp.sqrt(_mean(xp.square(x)) + np.float32(node.params["eps"])), out=o)
-    _affine(node, o, (1,))
-    commit(node.out, o)
+def _rms(roles: tuple[int, ...]) -> Callable[[Node], None]:
+    def kernel(node: Node) -> None:
+        if node.out.n == 0:
+            return
+        xp = api_of(node.out).xp
+        x = load(_src(node))
+        o = dest(node.out)
+        xp.divide(x, xp.sqrt(_mean(xp.square(x)) + np.float32(node.params["eps"])), out=o)
+        _affine(node, o, roles)
+        commit(node.out, o)
+
+    return kernel
+
+
+rms_norm = _rms((1,))
+"""``x / sqrt(mean(x²) + eps)``, then ``· w`` when given."""
+
+rms_norm_add = _rms((1, 2))
+"""The optional fused op: ``rms_norm(x, w, eps) + r``, ``r`` tiled like ``add``'s ``b``."""
 
 
 def _per_row(f: Callable[[Any, Any], Any]) -> Callable[[Node], None]:
@@ -114,6 +123,7 @@ KERNELS: dict[str, Callable[[Node], None]] = {
     "softmax": softmax,
     "layer_norm": layer_norm,
     "rms_norm": rms_norm,
+    "rms_norm_add": rms_norm_add,
     "sum_rows": _per_row(lambda xp, x: x.sum(axis=-1, keepdims=True, dtype=np.float32)),
     "mean": _per_row(lambda xp, x: _mean(x)),
     "variance": _per_row(_variance),

@@ -1,4 +1,5 @@
-"""Element-wise kernels: unary ops, ``scale``, ``clamp``, the tiled binary ops and ``rope``.
+"""Element-wise kernels: unary ops, ``scale``, ``clamp``, the tiled binary ops, ``rope`` and the
+gated activations ``swiglu``/``geglu``.
 
 SEMANTICS §5.2-§5.3. Every op computes in F32 and rounds once to the result dtype. Binary ops
 **tile** ``b`` over ``a`` (``b.ne[i]`` divides ``a.ne[i]``), which broadcasting does not do by
@@ -132,5 +133,8 @@ KERNELS: dict[str, Callable[[Node], None]] = {
     "add": _binary(mx.add),
     "sub": _binary(mx.subtract),
     "mul": _binary(mx.multiply),
+    # The optional fused gated activations: f(a) · tile(b) in one node.
+    "swiglu": _binary(lambda a, b: _UNARY["silu"](a) * b),
+    "geglu": _binary(lambda a, b: _gelu(a) * b),
     "div": _binary(mx.divide),
 }

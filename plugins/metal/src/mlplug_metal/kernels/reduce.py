@@ -63,13 +63,22 @@ def layer_norm(node: Node) -> None:
     store(node.out, _affine(node, y, (1, 2)))
 
 
-def rms_norm(node: Node) -> None:
-    """``x / sqrt(mean(x²) + eps)``, then ``· w`` when given."""
-    if node.out.n == 0:
-        return
-    x = load(_src(node))
-    y = x / mx.sqrt(_mean(mx.square(x)) + float(node.params["eps"]))
-    store(node.out, _affine(node, y, (1,)))
+def _rms(roles: tuple[int, ...]) -> Callable[[Node], None]:
+    def kernel(node: Node) -> None:
+        if node.out.n == 0:
+            return
+        x = load(_src(node))
+        y = x / mx.sqrt(_mean(mx.square(x)) + float(node.params["eps"]))
+        store(node.out, _affine(node, y, roles))
+
+    return kernel
+
+
+rms_norm = _rms((1,))
+"""``x / sqrt(mean(x²) + eps)``, then ``· w`` when given."""
+
+rms_norm_add = _rms((1, 2))
+"""The optional fused op: ``rms_norm(x, w, eps) + r``, ``r`` tiled like ``add``'s ``b``."""
 
 
 def _per_row(f: Callable[[mx.array], mx.array]) -> Callable[[Node], None]:
@@ -104,6 +113,7 @@ KERNELS: dict[str, Callable[[Node], None]] = {
     "softmax": softmax,
     "layer_norm": layer_norm,
     "rms_norm": rms_norm,
+    "rms_norm_add": rms_norm_add,
     "sum_rows": _per_row(lambda x: mx.sum(x, axis=-1, keepdims=True)),
     "mean": _per_row(_mean),
     "variance": _per_row(_variance),
