@@ -333,6 +333,18 @@ def test_rows_examples() -> None:
     )
 
 
+def test_set_rows_examples() -> None:
+    zeros = t([0] * 8, 2, 4)
+    assert ref("set_rows", t([1, 2, 3, 4], 2, 2), zeros, t([3, 0], 2, dtype=I32)) == (
+        (2, 4),
+        [3, 4, 0, 0, 0, 0, 1, 2],
+    )
+    assert ref("set_rows", t(r(7)[1:], 2, 3), zeros, t([1, 1, 2], 3, dtype=I32)) == (
+        (2, 4),
+        [0, 0, 3, 4, 5, 6, 0, 0],
+    )
+
+
 def test_rows_keeps_i32() -> None:
     shape, values = ref("rows", t([5, 6, 7, 8], 2, 2, dtype=I32), t([1], 1, dtype=I32))
     assert (shape, values) == ((2,), [7, 8])

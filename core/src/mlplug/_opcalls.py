@@ -188,6 +188,15 @@ class TensorOps:
         """Return the rows selected by I32 ``ids`` (a gather)."""
         return self._op_call(ctx, "rows", (ids,), {})
 
+    def set_rows(self, ctx: Context, dst: Tensor, ids: Tensor) -> Tensor:
+        """Write this tensor's rows into rows ``ids`` of ``dst``; return a view of ``dst``.
+
+        ``dst[:, ids[r], j, k] = a[:, r, j, k]``, converting dtype (a scatter, as ggml's
+        ``set_rows``). A KV cache written this way makes a graph that does not depend on
+        the cells written: they are an input.
+        """
+        return self._op_call(ctx, "set_rows", (dst, ids), {})
+
     def argsort(self, ctx: Context) -> Tensor:
         """Return the indices sorting each row ascending (I32)."""
         return self._op_call(ctx, "argsort", (), {})

@@ -733,6 +733,26 @@ def _rows(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     return Result(_fresh(dtype, (a.ne[0], ids.ne[0], ids.ne[1], ids.ne[2])), {})
 
 
+def _set_rows(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
+    op = "set_rows"
+    a, dst, ids = srcs
+    assert a is not None and dst is not None and ids is not None
+    _need_dtype(op, "receiver", a.dtype, CACHE)
+    _need_dtype(op, "dst", dst.dtype, CACHE)
+    _need_dtype(op, "ids", ids.dtype, frozenset({DType.I32}))
+    if ids.ne[1] != 1 or ids.ne[2] != 1 or ids.ne[3] != 1:
+        raise ShapeError(f"{op}: ids must be a vector [R], got {list(ids.ne)}")
+    if a.n == 0 and ids.n == 0:
+        return Result(dst, {})
+    if a.ne[1] != ids.ne[0]:
+        raise ShapeError(f"{op}: receiver has {a.ne[1]} rows (ne1), ids has {ids.ne[0]}")
+    if (a.ne[0], a.ne[2], a.ne[3]) != (dst.ne[0], dst.ne[2], dst.ne[3]):
+        raise ShapeError(
+            f"{op}: receiver {list(a.ne)} and dst {list(dst.ne)} must agree in ne0, ne2 and ne3"
+        )
+    return Result(dst, {})
+
+
 def _argsort(srcs: Sequence[Meta | None], params: dict[str, Any]) -> Result:
     a = _a(srcs)
     _need_dtype("argsort", "receiver", a.dtype, FLOAT)
@@ -1198,6 +1218,22 @@ _TABLE: list[OpDef] = [
         operands=("a", "ids"),
         rule=_rows,
         dtypes=ANY,
+        tolerance=_EXACT,
+    ),
+    OpDef(
+        name="set_rows",
+        category="assemble",
+        doc=(
+            "Write this tensor's rows into rows ``ids`` of ``dst``; return a view of ``dst``.\n\n"
+            "``dst[:, ids[r], j, k] = a[:, r, j, k]``, converting dtype (a scatter, as ggml's\n"
+            "``set_rows``). A KV cache written this way makes a graph that does not depend on\n"
+            "the cells written: they are an input."
+        ),
+        operands=("a", "dst", "ids"),
+        kind="copy",
+        rule=_set_rows,
+        flops=_flops_per_in(1),
+        dtypes=CACHE,
         tolerance=_EXACT,
     ),
     # sorting (§5.8)

@@ -1,4 +1,4 @@
-"""Cases for views, copies, assembling ops and ``rows``."""
+"""Cases for views, copies, assembling ops, ``rows`` and ``set_rows``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 from mlplug.dtype import DType
 
 from .dsl import CREATE_FLOAT, CREATE_WEIGHT, case, inp, step
-from .model import Case, explicit, ints
+from .model import Case, Input, explicit, ints
 
 __all__ = ["generate"]
 
@@ -525,6 +525,89 @@ def _rows(dt: DType) -> list[Case]:
     return out
 
 
+_CACHE: tuple[DType, ...] = (DType.F32, DType.F16, DType.BF16, *_QUANT)
+
+
+def _set_rows(dt: DType) -> list[Case]:
+    """Scatters into a zeroed destination; the whole destination buffer is checked."""
+    d = 32
+    out: list[Case] = []
+    for dst in _CACHE if dt is DType.F32 else (dt,):
+        tag = f"to-{dst.name}"
+        row = dst.type_size * (d // dst.block_size)
+        out += [
+            case(
+                "set_rows",
+                dt,
+                f"{tag}-kv-cells",
+                [inp("a", dt, d, 3), inp("d", dst, d, 8, zeros=True), ids("i", [5, 1, 6])],
+                [step("y", "set_rows", "a", "d", "i")],
+                extra=("d",),
+            ),
+            case(
+                "set_rows",
+                dt,
+                f"{tag}-3d",
+                [inp("a", dt, d, 2, 3), inp("d", dst, d, 8, 3, zeros=True), ids("i", [7, 0])],
+                [step("y", "set_rows", "a", "d", "i")],
+                extra=("d",),
+            ),
+            case(
+                "set_rows",
+                dt,
+                f"{tag}-into-window",
+                [inp("a", dt, d, 2), inp("d", dst, d, 10, zeros=True), ids("i", [0, 7])],
+                [
+                    step("w", "view", "d", offset=row, args=(d, row, 8)),
+                    step("y", "set_rows", "a", "w", "i"),
+                ],
+                extra=("d",),
+            ),
+        ]
+    out.append(
+        case(
+            "set_rows",
+            dt,
+            "repeated-id-last-wins",
+            [inp("a", dt, d, 3), inp("d", dt, d, 4, zeros=True), ids("i", [2, 0, 2])],
+            [step("y", "set_rows", "a", "d", "i")],
+            extra=("d",),
+        )
+    )
+    if not dt.is_block:
+        # One value per row: how a transposed V cache [L, Dv, Hkv] takes a token's values.
+        out.append(
+            case(
+                "set_rows",
+                dt,
+                "single-values",
+                [
+                    inp("a", dt, 1, 6),
+                    inp("d", dt, 1, 40, zeros=True),
+                    ids("i", [3, 17, 39, 0, 22, 8]),
+                ],
+                [step("y", "set_rows", "a", "d", "i")],
+                extra=("d",),
+            )
+        )
+    out.append(
+        case(
+            "set_rows",
+            dt,
+            "empty",
+            [inp("a", dt, 0), inp("d", dt, d, 4, zeros=True), inp("i", DType.I32, 0)],
+            [step("y", "set_rows", "a", "d", "i")],
+            extra=("d",),
+        )
+    )
+    return out
+
+
+def ids(name: str, values: list[int]) -> Input:
+    """Return an I32 vector input holding ``values``."""
+    return inp(name, DType.I32, len(values), fill=explicit(values))
+
+
 def generate() -> list[Case]:
     """Return the cases of this family."""
     out: list[Case] = []
@@ -536,6 +619,8 @@ def generate() -> list[Case]:
         out.extend(_contiguous("duplicate", dt))
         out.extend(_copy(dt))
         out.extend(_rows(dt))
+    for dt in _CACHE:
+        out.extend(_set_rows(dt))
     for dt in ASSEMBLE:
         out.extend(_set(dt))
         out.extend(_pad(dt))

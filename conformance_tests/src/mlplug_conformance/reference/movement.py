@@ -139,6 +139,19 @@ def _rows(srcs: Sequence[np.ndarray | None], params: Mapping[str, Any], out: Met
     return np.take_along_axis(a, ids[0][..., None], axis=2)
 
 
+def _set_rows(srcs: Sequence[np.ndarray | None], params: Mapping[str, Any], out: Meta) -> Any:
+    a, dst, ids = _src(srcs, 0), _src(srcs, 1), _src(srcs, 2).astype(np.int64).reshape(-1)
+    result = np.array(dst, dtype=np.float64 if a.dtype.kind == "f" else dst.dtype)
+    if ids.size == 0:
+        return result
+    if ids.min() < 0 or ids.max() >= dst.shape[2]:
+        raise IndexError(f"set_rows: index out of range 0..{dst.shape[2] - 1}")
+    # dst[:, ids[r], j, k] = a[:, r, j, k] in order: a later row written to the same id wins.
+    for r, i in enumerate(ids):
+        result[:, :, i, :] = a[:, :, r, :]
+    return result
+
+
 KERNELS: dict[str, Kernel] = {
     "reshape": _reshape,
     "view": _view,
@@ -152,4 +165,5 @@ KERNELS: dict[str, Kernel] = {
     "stack": _concat,
     "repeat": _repeat,
     "rows": _rows,
+    "set_rows": _set_rows,
 }

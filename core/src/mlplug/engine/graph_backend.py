@@ -566,7 +566,7 @@ class GraphBackend:
                 )
                 out = self._window(ix, plan, node._meta, ix.root[i])
                 if OPS[node._op or ""].kind == "copy":
-                    srcs = (srcs[0], out)
+                    srcs = (srcs[0], out, *srcs[2:])
                 record = records[k] = Node(node._op or "", out, srcs, node._params)
             batch.append(record)
         flush()

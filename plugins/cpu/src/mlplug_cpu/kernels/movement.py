@@ -1,5 +1,5 @@
 """Data movement kernels: copies, ``set``, ``pad``, ``concat``/``stack``, ``repeat``, ``rows``,
-``arange`` (SEMANTICS §4.3, §5.6-§5.7).
+``set_rows``, ``arange`` (SEMANTICS §4.3, §5.6-§5.7).
 
 Same-dtype moves copy stored bytes (exact for every dtype, block types included); ``copy``
 between different CACHE dtypes goes through F32 values; ``rows`` gathers the stored rows first and
@@ -16,7 +16,7 @@ import numpy as np
 from mlplug.device import DType, Node, TensorRef
 from mlplug_cpu.kernels.quant import copy_raw, decode, host_ref, load, np_shape, raw, store
 
-__all__ = ["KERNELS", "checked_ids"]
+__all__ = ["KERNELS", "checked_ids", "last_writes"]
 
 
 def _src(node: Node, i: int = 0) -> TensorRef:
@@ -129,6 +129,30 @@ def rows(node: Node) -> None:
         store(node.out, decode(picked, a.dtype))
 
 
+def last_writes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(rows, targets)``: for each distinct id the last row ``r`` written to it."""
+    targets, first_from_end = np.unique(ids[::-1], return_index=True)
+    return ids.size - 1 - first_from_end, targets
+
+
+def set_rows(node: Node) -> None:
+    """Scatter: ``dst[:, ids[r], j, k] = a[:, r, j, k]`` (converted), a later row winning."""
+    a, ids_ref = _src(node, 0), _src(node, 2)
+    out = node.out
+    if a.n == 0 or out.n == 0:
+        return
+    ids = checked_ids(raw(ids_ref).reshape(-1), out.ne[1], "set_rows")
+    if a.dtype == out.dtype:
+        source = raw(a)
+    else:
+        converted = host_ref(out.dtype, a.ne)
+        store(converted, load(a))
+        source = raw(converted)
+    dst = raw(out)  # (d3, d2, N, ne0) elements, or (d3, d2, N, blocks, S) bytes
+    picked, targets = last_writes(ids)
+    dst[:, :, targets] = source[:, :, picked]
+
+
 def arange(node: Node) -> None:
     """``numpy.arange(start, stop, step)`` in float64, then F32 (nearest) or I32 (truncated)."""
     p = node.params
@@ -156,5 +180,6 @@ KERNELS: dict[str, Callable[[Node], None]] = {
     "stack": concat,
     "repeat": repeat,
     "rows": rows,
+    "set_rows": set_rows,
     "arange": arange,
 }

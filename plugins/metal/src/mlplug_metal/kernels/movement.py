@@ -1,5 +1,5 @@
 """Data movement kernels: copies, ``set``, ``pad``, ``concat``/``stack``, ``repeat``, ``rows``,
-``arange`` (SEMANTICS §4.3, §5.6-§5.7).
+``set_rows``, ``arange`` (SEMANTICS §4.3, §5.6-§5.7).
 
 Same-dtype moves copy stored elements (exact for every dtype, block types included); ``copy``
 between different CACHE dtypes goes through F32 values; ``rows`` gathers the stored rows first and
@@ -19,6 +19,7 @@ from mlplug_metal.kernels.quant import (
     AffineWeight,
     copy_raw,
     decode,
+    encode,
     held,
     load,
     np_shape,
@@ -137,6 +138,29 @@ def rows(node: Node) -> None:
         store(node.out, decode(picked, a.dtype))
 
 
+def set_rows(node: Node) -> None:
+    """Scatter: ``dst[:, ids[r], j, k] = a[:, r, j, k]`` (converted), a later row winning.
+
+    Rows whose id is out of range are not written (SEMANTICS §5.7).
+    """
+    a, ids_ref = _src(node, 0), _src(node, 2)
+    out = node.out
+    if a.n == 0 or out.n == 0:
+        return
+    ids = np.array(raw(ids_ref)).reshape(-1).astype(np.int64)
+    keep = (ids >= 0) & (ids < out.ne[1])
+    rows_kept = np.nonzero(keep)[0]
+    # The last row written to each id wins.
+    targets, first_from_end = np.unique(ids[rows_kept][::-1], return_index=True)
+    picked = rows_kept[rows_kept.size - 1 - first_from_end]
+    if targets.size == 0:
+        return
+    source = raw(a) if a.dtype == out.dtype else encode(load(a), out.dtype)
+    dst = mx.array(raw(out))
+    dst[:, :, mx.array(targets)] = source[:, :, mx.array(picked)]
+    store_raw(out, dst)
+
+
 def arange(node: Node) -> None:
     """``numpy.arange(start, stop, step)`` in float64, then F32 (nearest) or I32 (truncated).
 
@@ -170,5 +194,6 @@ KERNELS: dict[str, Callable[[Node], None]] = {
     "stack": concat,
     "repeat": repeat,
     "rows": rows,
+    "set_rows": set_rows,
     "arange": arange,
 }
