@@ -66,6 +66,13 @@ def _count(what: str, name: str, value: object, minimum: int = 1) -> int:
     return v
 
 
+def _rows_of(ctx: Context, t: Tensor, row: int, rows: int) -> Tensor:
+    """Return ``t`` as ``[row, rows]`` (made contiguous first when it is a strided view)."""
+    if not t.is_contiguous():
+        t = t.contiguous(ctx)
+    return t.reshape(ctx, row, rows)
+
+
 class Causal:
     """A causal KV cache: full, sliding-window (``window_size``) or chunked (``chunk_size``).
 
@@ -84,6 +91,7 @@ class Causal:
     __slots__ = (
         "_backend",
         "_batch",
+        "_cell_ids",
         "_cells",
         "_chunk",
         "_closed",
@@ -101,6 +109,7 @@ class Causal:
         "_range",
         "_reserve",
         "_shift",
+        "_value_ids",
         "_values",
         "_window",
     )
@@ -138,6 +147,9 @@ class Causal:
         self._reserve = False
         self._except: frozenset[int] = frozenset()
         self._mask: Tensor | None = None
+        # The batch's cell indices, an input of the forward graph (put writes through them).
+        self._cell_ids: Tensor | None = None
+        self._value_ids: dict[tuple[int, int], Tensor] = {}
 
     # -- configuration (§8.2) -----------------------------------------------------------------
 
@@ -328,6 +340,8 @@ class Causal:
         self._loc = loc
         self._range = cell_range
         self._mask = self._build_mask(ctx, "start_forward")
+        self._cell_ids = ctx.input().from_int_slice(range(loc, loc + b), b)
+        self._value_ids = {}
 
     def _check_batch(self, positions: list[int], sequences: list[int], reserve: bool) -> None:
         """Refuse a batch the cache was not sized for, or one that contradicts its contents."""
@@ -457,15 +471,41 @@ class Causal:
         if value.dim(1) != hkv:
             raise ShapeError(f"Causal.put: value has {value.dim(1)} heads, key has {hkv}")
         k_store, v_store = self._storage(dk, hkv, dv)
-        loc = self._loc
-        ctx.forward(key.copy(ctx, k_store.view(ctx, k_store.stride(2) * loc, dk * hkv * b)))
-        if config.permuted_v:
-            el = v_store.stride(0)
-            dst = v_store.view(ctx, el * loc, b, self._cells.n * el, dv * hkv)
-            ctx.forward(value.permute(ctx, 1, 2, 0, 3).copy(ctx, dst))
+        # Written through the batch's cell indices (set_rows), not views at the cells: the
+        # graph's structure then does not depend on where the batch lands, and the engine
+        # reuses its plan from one decode step to the next.
+        cells = self._cell_ids
+        assert cells is not None
+        n = self._cells.n
+        ctx.forward(
+            _rows_of(ctx, key, dk * hkv, b).set_rows(
+                ctx, _rows_of(ctx, k_store, dk * hkv, n), cells
+            )
+        )
+        if not config.permuted_v:
+            dst = _rows_of(ctx, v_store, dv * hkv, n)
+            ctx.forward(_rows_of(ctx, value, dv * hkv, b).set_rows(ctx, dst, cells))
+        elif not v_store.dtype().is_block:
+            # V is [L, Dv, Hkv]: each value is a row of one element, at cell + L·(d + Dv·h).
+            ids = self._value_ids.get((dv, hkv))
+            if ids is None:
+                ids = self._value_ids[(dv, hkv)] = self._transposed_ids(ctx, dv * hkv)
+            dst = _rows_of(ctx, v_store, 1, n * dv * hkv)
+            ctx.forward(_rows_of(ctx, value, 1, dv * hkv * b).set_rows(ctx, dst, ids))
         else:
-            dst = v_store.view(ctx, v_store.stride(2) * loc, dv * hkv * b)
-            ctx.forward(value.copy(ctx, dst))
+            # A block-quantised transposed V has no one-value rows: copy into a strided view.
+            el = v_store.stride(0)
+            dst = v_store.view(ctx, el * self._loc, b, n * el, dv * hkv)
+            ctx.forward(value.permute(ctx, 1, 2, 0, 3).copy(ctx, dst))
+
+    def _transposed_ids(self, ctx: Context, per_token: int) -> Tensor:
+        """Return the element indices of the batch's values in a transposed V cache."""
+        import numpy as np
+
+        b, n = len(self._batch[0]), self._cells.n
+        cells = np.arange(self._loc, self._loc + b, dtype=np.int64)
+        ids = (cells[:, None] + n * np.arange(per_token, dtype=np.int64)[None, :]).reshape(-1)
+        return ctx.input().from_int_slice(ids, ids.size)
 
     def _storage(self, dk: int, hkv: int, dv: int) -> tuple[Tensor, Tensor]:
         """Return the current layer's K and V, creating them on first use."""

@@ -103,39 +103,72 @@ class GraphIndex:
         is_weight: Callable[[Tensor], bool],
         storage_device: Callable[[Tensor], int],
     ) -> None:
+        # One pass over the graph, written for speed: it runs on every compute of a new graph
+        # (a decode step), so it is the cost of a reused plan.
         self.graph = graph
-        self.leaves: list[Tensor] = []
+        leaves: list[Tensor] = []
+        self.leaves = leaves
         refs: dict[int, int] = {id(n): i for i, n in enumerate(graph)}
+        get = refs.get
         leaf_keys: list[object] = []
 
-        def ref(t: Tensor) -> int:
-            root = t._root or t
-            r = refs.get(id(root))
-            if r is None:
-                r = -1 - len(self.leaves)
-                refs[id(root)] = r
-                self.leaves.append(root)
-                leaf_keys.append((storage_device(root), is_weight(root), root._meta))
+        def leaf(t: Tensor) -> int:
+            r = -1 - len(leaves)
+            refs[id(t)] = r
+            leaves.append(t)
+            leaf_keys.append((storage_device(t), is_weight(t), t._meta))
             return r
 
-        self.root: list[int] = []
-        """Per node: the reference of its storage root (itself for a compute node)."""
-        self.srcs: list[tuple[int, ...]] = []
-        """Per node: the root reference of each operand (``NONE`` if absent or zero-size)."""
+        roots: list[int] = []
+        all_srcs: list[tuple[int, ...]] = []
         node_keys: list[object] = []
-        for node in graph:
-            self.root.append(ref(node))
-            srcs = tuple(NONE if s is None or s._meta.n == 0 else ref(s) for s in node._srcs)
-            self.srcs.append(srcs)
+        for i, node in enumerate(graph):
+            top = node._root
+            if top is None:
+                roots.append(i)
+            else:
+                r = get(id(top))
+                roots.append(leaf(top) if r is None else r)
+            srcs: list[int] = []
             # The key names each operand itself (a view is a node of its own), not its root:
             # two views of one storage are different operands. A zero-size buffer operand is
             # not indexed (nothing is read from it) but devices see its layout: it is described.
-            operands = tuple(
-                NONE if s is None else refs.get(id(s), r if r != NONE else (NONE, s._meta))
-                for s, r in zip(node._srcs, srcs, strict=True)
+            operands: list[object] = []
+            for src in node._srcs:
+                if src is None:
+                    srcs.append(NONE)
+                    operands.append(NONE)
+                    continue
+                own = get(id(src))
+                if src._meta.ne[0] == 0:  # zero-size layouts are [0, 1, 1, 1]
+                    srcs.append(NONE)
+                    operands.append((NONE, src._meta) if own is None else own)
+                    continue
+                top = src._root
+                if top is None:
+                    r = leaf(src) if own is None else own
+                    own = r
+                else:
+                    r = get(id(top))
+                    if r is None:
+                        r = leaf(top)
+                srcs.append(r)
+                operands.append(own)
+            all_srcs.append(tuple(srcs))
+            params = node._params
+            node_keys.append(
+                (node._op, node._meta, _params_key(params) if params else (), tuple(operands))
             )
-            node_keys.append((node._op, node._meta, _params_key(node._params), operands))
-        self.outputs = tuple(ref(t) for t in outputs)
+        self.root = roots
+        """Per node: the reference of its storage root (itself for a compute node)."""
+        self.srcs = all_srcs
+        """Per node: the root reference of each operand (``NONE`` if absent or zero-size)."""
+        outs = []
+        for t in outputs:
+            top = t._root or t
+            r = get(id(top))
+            outs.append(leaf(top) if r is None else r)
+        self.outputs = tuple(outs)
         self.key = (tuple(node_keys), tuple(leaf_keys), self.outputs)
 
     def tensor(self, r: int) -> Tensor:
