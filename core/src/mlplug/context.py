@@ -243,7 +243,8 @@ class Context(ContextOps):
         family = self._family
         family.check_open("forward")
         new: list[Tensor] = []
-        seen = set(family.in_graph)
+        in_graph = family.in_graph  # not copied: forward runs per put, on a growing graph
+        seen: set[int] = set()
         for t in ts:
             if not isinstance(t, Tensor):
                 raise TypeError(f"forward: expected Tensors, got {type(t).__name__}")
@@ -253,14 +254,19 @@ class Context(ContextOps):
             stack: list[tuple[Tensor, int]] = [(t, 0)]
             while stack:
                 node, i = stack.pop()
-                if node._op is None or id(node) in seen:
+                if node._op is None or id(node) in seen or id(node) in in_graph:
                     continue
                 if node._family.closed:
                     raise ContextError("forward: a tensor's context has been closed")
                 if i < len(node._srcs):
                     stack.append((node, i + 1))
                     src = node._srcs[i]
-                    if src is not None and src._op is not None and id(src) not in seen:
+                    if (
+                        src is not None
+                        and src._op is not None
+                        and id(src) not in seen
+                        and id(src) not in in_graph
+                    ):
                         stack.append((src, 0))
                     continue
                 seen.add(id(node))
