@@ -25,5 +25,5 @@ KERNELS: dict[str, Callable[[Node], None]] = {
 }
 """Kernel of every op, by op name."""
 
-HOST_SYNC: frozenset[str] = frozenset({"rows", "mulmat_id", "arange"})
+HOST_SYNC: frozenset[str] = frozenset({"rows", "set_rows", "mulmat_id", "arange"})
 """Ops whose kernels read back from or upload to the host (never captured in a CUDA graph)."""

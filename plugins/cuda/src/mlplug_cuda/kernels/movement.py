@@ -1,5 +1,5 @@
 """Data movement kernels: copies, ``set``, ``pad``, ``concat``/``stack``, ``repeat``, ``rows``,
-``arange`` (SEMANTICS §4.3, §5.6-§5.7).
+``set_rows``, ``arange`` (SEMANTICS §4.3, §5.6-§5.7).
 
 Same-dtype moves copy stored bytes (exact for every dtype, block types included); ``copy``
 between different dtypes goes through F32 values; ``rows`` gathers the stored rows first and
@@ -148,6 +148,33 @@ def rows(node: Node) -> None:
         store(node.out, decode(api, picked, a.dtype))
 
 
+def set_rows(node: Node) -> None:
+    """Scatter: ``dst[:, ids[r], j, k] = a[:, r, j, k]`` (converted), a later row winning.
+
+    The ids are read on the host (a handful per batch) to check them and to keep the last write
+    to each row.
+    """
+    a, ids_ref = _src(node, 0), _src(node, 2)
+    out = node.out
+    if a.n == 0 or out.n == 0:
+        return
+    api = api_of(out)
+    ids = api.asnumpy(raw(ids_ref)).reshape(-1).astype(np.int64)
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= out.ne[1]):
+        bad = ids[(ids < 0) | (ids >= out.ne[1])][0]
+        raise IndexError(f"[set_rows] index {int(bad)} out of range 0..{out.ne[1] - 1}")
+    targets, first_from_end = np.unique(ids[::-1], return_index=True)
+    picked = ids.size - 1 - first_from_end
+    if a.dtype == out.dtype:
+        source = raw(a)
+    else:
+        converted = scratch_ref(api, out.dtype, a.ne)
+        store(converted, load(a))
+        source = raw(converted)
+    dst = raw(out)  # (d3, d2, N, ne0) elements, or (d3, d2, N, blocks, S) bytes
+    dst[:, :, api.asarray(targets)] = source[:, :, api.asarray(picked)]
+
+
 def arange(node: Node) -> None:
     """``numpy.arange(start, stop, step)`` in float64, then F32 (nearest) or I32 (truncated).
 
@@ -180,6 +207,7 @@ KERNELS: dict[str, Callable[[Node], None]] = {
     "stack": concat,
     "repeat": repeat,
     "rows": rows,
+    "set_rows": set_rows,
     "arange": arange,
 }
 """Movement kernels by op name."""
