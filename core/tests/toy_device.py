@@ -13,7 +13,7 @@ import numpy as np
 import mlplug
 from mlplug.device import DeviceOutOfMemory, EnginePlugin, Node, TensorRef
 
-TOY_OPS = {"add", "mul", "scale", "contiguous", "copy", "mulmat", "sum_rows", "neg"}
+TOY_OPS = {"add", "mul", "scale", "contiguous", "copy", "set_rows", "mulmat", "sum_rows", "neg"}
 _NP = {mlplug.DType.F32: np.float32, mlplug.DType.I32: np.int32, mlplug.DType.F16: np.float16}
 
 
@@ -94,6 +94,10 @@ class ToyDevice:
                 out[...] = srcs[0]
             elif node.op == "copy":
                 out[...] = srcs[0].reshape(-1).astype(out.dtype).reshape(out.shape)
+            elif node.op == "set_rows":
+                ids = srcs[2].reshape(-1)
+                for r, i in enumerate(ids):  # in order: a later row wins
+                    out[:, :, i, :] = srcs[0][:, :, r, :]
             elif node.op == "sum_rows":
                 out[...] = srcs[0].sum(axis=-1, keepdims=True)
             elif node.op == "mulmat":

@@ -293,7 +293,7 @@ def place_nodes(
             reason = refusal(device, i)
             if reason is not None:
                 raise UnsupportedOpError(
-                    f"copy: device {devices[device].name} cannot execute it ({reason})"
+                    f"{node._op}: device {devices[device].name} cannot execute it ({reason})"
                 )
         else:
             if weights:
