@@ -506,3 +506,22 @@ def test_vectorised_merges_equal_the_string_comparison(seed: int) -> None:
     assert fast == _merges_from_scores_slow(tokens, scores, types)
     assert len(fast) > 1000
     assert merges_from_scores(tokens, None) == _merges_from_scores_slow(tokens, None)
+
+
+@pytest.mark.parametrize("prefix", [True, False])
+def test_per_text_merges_equal_the_full_merge_list(prefix: bool) -> None:
+    # A score-only vocabulary is encoded with the merges of the pieces found in each text; the
+    # ids equal those of the full merge list, special and user-defined tokens in the text too.
+    from mlplug.tokenizer import _build_spm
+
+    meta = llama_meta(add_space_prefix=prefix)
+    meta[K + "tokens"] += ("<ctl>", "  ")
+    meta[K + "token_type"] += (3, 4)
+    meta[K + "scores"] += (0.0, 0.0)
+    tok = Tokenizer.from_metadata(meta)
+    full = _build_spm(tok, merges_from_scores(tok.tokens, meta[K + "scores"], tok.token_types))
+    rng = random.Random(7)
+    alphabet = ["h", "e", "l", "o", " ", "w", "r", "d", "a", "你", "好", "é", "<ctl>", "  "]
+    for _ in range(400):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 20)))
+        assert tok.encode(text, add_special=False) == full.encode(text).ids, text

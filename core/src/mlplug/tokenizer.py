@@ -7,8 +7,10 @@ Two vocabulary styles, chosen by ``tokenizer.ggml.model`` as llama.cpp does:
   every byte is mapped to a printable character before merging.
 * ``"llama"`` — SentencePiece BPE (Llama 1/2, Mistral…): spaces become ``▁``, a ``▁`` is prepended
   (``tokenizer.ggml.add_space_prefix``, default true), characters missing from the vocabulary fall
-  back to ``<0xXX>`` byte tokens. When the file has no merges they are derived from
-  ``tokenizer.ggml.scores`` (see :func:`merges_from_scores`).
+  back to ``<0xXX>`` byte tokens. When the file has no merges (Gemma, Llama 2…) they follow
+  from ``tokenizer.ggml.scores`` (see :func:`merges_from_scores`); a tokenizer derives, for each
+  text it encodes, the merges of the pieces found in that text, which gives the same ids as the
+  full list and keeps building a 262,144-piece tokenizer well under a second.
 
 Encoding (the BPE itself) runs in ``tokenizers``. Decoding maps each token to its *bytes*
 (:meth:`Tokenizer.token_to_piece`, llama.cpp's ``token_to_piece``) because ``tokenizers``' decoders
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import IntEnum
@@ -198,6 +201,8 @@ class Tokenizer:
     __slots__ = (
         "_eog",
         "_hf",
+        "_lock",
+        "_per_text",
         "_pieces",
         "add_bos",
         "add_eos",
@@ -275,14 +280,17 @@ class Tokenizer:
         eog = {i for i in (self.eos_id, valid(eot_id), valid(eom_id)) if i is not None}
         eog.update(i for i, t in enumerate(self.tokens) if t in _EOG_TEXTS)
         self._eog = frozenset(eog)
+        self._lock = threading.Lock()
 
         # Pieces are made on first use: most of a large vocabulary is never decoded.
         self._pieces: dict[int, bytes] = {}
-        if spm:
-            merge_pairs = (
-                _split_merges(merges) if merges else merges_from_scores(self.tokens, scores, types)
-            )
-            self._hf = _build_spm(self, merge_pairs)
+        self._per_text: _PerTextMerges | None = None
+        if spm and not merges:
+            # Score-only vocabulary: the merges a text needs are derived when it is encoded.
+            self._per_text = _PerTextMerges(self, scores)
+            self._hf = _build_spm(self, [], self._per_text.base)
+        elif spm:
+            self._hf = _build_spm(self, _split_merges(merges or ()))
         else:
             if not merges:
                 raise ValueError("[tokenizer] a gpt2 tokenizer needs tokenizer.ggml.merges")
@@ -458,8 +466,11 @@ class Tokenizer:
             parse_special: Turn the text of control tokens (``"<|im_start|>"``…) into their ids;
                 with ``False`` it is tokenized as plain text. User-defined tokens always match.
         """
-        self._hf.encode_special_tokens = not parse_special
-        ids: list[int] = self._hf.encode(text, add_special_tokens=False).ids
+        with self._lock:  # the model of a score-only vocabulary is set per text
+            if self._per_text is not None:
+                self._hf.model = self._per_text.model(text)
+            self._hf.encode_special_tokens = not parse_special
+            ids: list[int] = self._hf.encode(text, add_special_tokens=False).ids
         if add_special:
             if self.add_bos and self.bos_id is not None:
                 ids.insert(0, self.bos_id)
@@ -713,13 +724,86 @@ def _vocab(tok: Tokenizer) -> dict[str, int]:
     return {t: i for i, t in enumerate(tok.tokens)}
 
 
-def _build_spm(tok: Tokenizer, merges: list[tuple[str, str]]) -> tokenizers.Tokenizer:
+class _PerTextMerges:
+    """The BPE model of a score-only SentencePiece vocabulary, built for each text encoded.
+
+    A merge ``(l, r)`` can only apply to a text of which ``l + r`` is a substring, so encoding a
+    text with the merges of the vocabulary pieces found in it (every split of each, ranked as
+    :func:`merges_from_scores` ranks them) gives exactly the ids of the full merge list. Deriving
+    the full list for a 262,144-piece vocabulary and handing its 513,511 merges to ``tokenizers``
+    takes over a second of CPU; a prompt holds a few hundred pieces, found by looking up its
+    substrings up to the longest piece's length. Written here because ``tokenizers`` has no BPE
+    that merges by piece score.
+    """
+
+    __slots__ = ("base", "ids", "longest", "normal", "scores", "space_prefix", "unk")
+
+    def __init__(self, tok: Tokenizer, scores: Sequence[float] | None) -> None:
+        self.ids = _vocab(tok)
+        self.scores = scores
+        self.normal = [t == TokenType.NORMAL for t in tok.token_types]
+        self.longest = max(map(len, tok.tokens))
+        self.space_prefix = tok.add_space_prefix
+        self.unk = tok.tokens[tok.unk_id] if tok.unk_id is not None else None
+        # Always in the model: byte-fallback pieces, the unknown piece and special tokens.
+        self.base = {
+            t: self.ids[t]
+            for t, k in zip(tok.tokens, tok.token_types, strict=True)
+            if k not in (TokenType.NORMAL, TokenType.UNUSED, TokenType.UNDEFINED)
+        }
+
+    def _pieces(self, text: str) -> dict[str, int]:
+        norm = text.replace(" ", SPACE_MARKER)
+        found: dict[str, int] = {}
+        get, longest = self.ids.get, self.longest
+
+        def look(piece: str) -> None:
+            if (t := get(piece)) is not None:
+                found[piece] = t
+
+        look(SPACE_MARKER)
+        for i in range(len(norm)):
+            for j in range(i + 1, min(len(norm), i + longest) + 1):
+                look(norm[i:j])
+            if self.space_prefix:
+                # The normalizer prepends the marker to every segment between special tokens:
+                # try it before every position too (a superset of what can be formed).
+                tail = SPACE_MARKER + norm[i : i + longest - 1]
+                for j in range(2, len(tail) + 1):
+                    look(tail[:j])
+        return found
+
+    def model(self, text: str) -> tokenizers.models.BPE:
+        """Return the BPE model that encodes ``text`` as the full merge list would."""
+        from tokenizers.models import BPE
+
+        found = self._pieces(text)
+        ranked: list[tuple[float, int, int, str, str]] = []
+        for piece, i in found.items():
+            if len(piece) < 2 or not self.normal[i]:
+                continue
+            score = -float(self.scores[i]) if self.scores is not None else 0.0
+            for k in range(1, len(piece)):
+                left, right = piece[:k], piece[k:]
+                if left in found and right in found:
+                    ranked.append((score, i, k, left, right))
+        ranked.sort()
+        vocab = {**self.base, **found}
+        merges = [(left, right) for _, _, _, left, right in ranked]
+        return BPE(vocab, merges, unk_token=self.unk, fuse_unk=True, byte_fallback=True)
+
+
+def _build_spm(
+    tok: Tokenizer, merges: list[tuple[str, str]], vocab: dict[str, int] | None = None
+) -> tokenizers.Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, normalizers
     from tokenizers.models import BPE
 
     unk = tok.tokens[tok.unk_id] if tok.unk_id is not None else None
-    hf = HFTokenizer(BPE(_vocab(tok), merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    if vocab is None:
+        vocab = _vocab(tok)
+    hf = HFTokenizer(BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
     steps: list[normalizers.Normalizer] = [normalizers.Replace(" ", SPACE_MARKER)]
     if tok.add_space_prefix:
         steps.insert(0, normalizers.Prepend(SPACE_MARKER))
