@@ -489,25 +489,6 @@ def test_llama3_pre_splits_digits_in_threes(trained):
     assert 3 in boundary
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_vectorised_merges_equal_the_string_comparison(seed: int) -> None:
-    # A random vocabulary with long pieces, non-BMP characters, duplicate texts, ties in score
-    # and non-normal types: the hashed derivation gives exactly the merges of the plain one.
-    from mlplug.tokenizer import _merges_from_scores_slow
-
-    rng = random.Random(seed)
-    alphabet = "ab▁c日😀é"
-    tokens = list(alphabet) + ["".join(rng.choice(alphabet) for _ in range(rng.randint(2, 12)))
-                               for _ in range(3000)]  # fmt: skip
-    tokens += tokens[100:110]  # duplicates
-    scores = [float(-rng.randint(0, 500)) for _ in tokens]
-    types = [rng.choice([1, 1, 1, 1, 3, 4, 6]) for _ in tokens]
-    fast = merges_from_scores(tokens, scores, types)
-    assert fast == _merges_from_scores_slow(tokens, scores, types)
-    assert len(fast) > 1000
-    assert merges_from_scores(tokens, None) == _merges_from_scores_slow(tokens, None)
-
-
 @pytest.mark.parametrize("prefix", [True, False])
 def test_per_text_merges_equal_the_full_merge_list(prefix: bool) -> None:
     # A score-only vocabulary is encoded with the merges of the pieces found in each text; the

@@ -572,14 +572,6 @@ def merges_from_scores(
     piece, each split into two vocabulary pieces, ranked by the piece's score (highest first, ties
     by id, then by split position).
 
-    Hand-vectorised with numpy (no library derives these merges): a 262,144-piece vocabulary has
-    about 1.8 million splits, which a Python loop over slices and set lookups takes over a second
-    to test. Here every prefix and suffix of the candidate pieces is hashed at once, per piece
-    length, with two independent 64-bit polynomial hashes, and looked up among the hashes of the
-    vocabulary by binary search; a split counts when both halves match on all 128 bits and on
-    their length. Should the vocabulary itself hold two texts with equal first hashes, the
-    derivation falls back to comparing the strings.
-
     Args:
         tokens: The vocabulary, indexed by id.
         scores: Per-id scores (``None``: all 0, so ids decide).
@@ -588,101 +580,6 @@ def merges_from_scores(
     Returns:
         ``(left, right)`` pairs, highest priority first.
     """
-    import numpy as np
-
-    n = len(tokens)
-    lens = np.fromiter(map(len, tokens), dtype=np.int64, count=n)
-    normal = (
-        np.ones(n, dtype=bool)
-        if token_types is None
-        else np.asarray(token_types, dtype=np.int64) == int(TokenType.NORMAL)
-    )
-    mul = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F], dtype=np.uint64)
-
-    # Per length m: the prefix hashes pre[:, :, k] of s[:k] and suffix hashes suf[:, :, k] of
-    # s[k:] of every text, with h(s) = sum_j s[j]·P^j mod 2^64 for both multipliers P.
-    groups: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-    full = np.zeros((2, n), dtype=np.uint64)
-    for m in np.unique(lens).tolist():
-        idx = np.flatnonzero(lens == m)
-        if not m:
-            continue
-        texts = np.array([tokens[i] for i in idx.tolist()], dtype=f"<U{m}")
-        cp = texts.view(np.uint32).reshape(-1, m).astype(np.uint64)
-        pre = np.zeros((2, idx.size, m + 1), dtype=np.uint64)
-        power = np.ones(2, dtype=np.uint64)
-        for j in range(m):
-            pre[:, :, j + 1] = pre[:, :, j] + cp[None, :, j] * power[:, None]
-            power = power * mul
-        full[:, idx] = pre[:, :, m]
-        keep = normal[idx]
-        if m < 2 or not keep.any():
-            continue
-        cp, pre = cp[keep], pre[:, keep]
-        suf = np.zeros((2, cp.shape[0], m + 1), dtype=np.uint64)
-        for j in range(m - 1, -1, -1):
-            suf[:, :, j] = cp[None, :, j] + suf[:, :, j + 1] * mul[:, None]
-        groups.append((m, idx[keep], pre[:, :, 1:m], suf[:, :, 1:m]))
-
-    # A direct-address table on the top bits of the first hash finds the candidate text of a
-    # query in one gather; slots that two texts share are looked up by binary search instead.
-    bits = max(16, int(n).bit_length() + 3)
-    shift = np.uint64(64 - bits)
-    slot = (full[0] >> shift).astype(np.int64)
-    table = np.full(1 << bits, -1, dtype=np.int32)
-    table[slot] = np.arange(n, dtype=np.int32)
-    shared = np.bincount(slot, minlength=1 << bits) > 1
-    table[shared] = -2
-    order = np.argsort(full[0], kind="stable")
-    sorted_h = full[:, order]
-    if np.any(sorted_h[0, 1:] == sorted_h[0, :-1]):
-        return _merges_from_scores_slow(tokens, scores, token_types)
-
-    def find(q: np.ndarray) -> np.ndarray:
-        hit = table[(q[0] >> shift).astype(np.int64)].astype(np.int64)
-        slow = np.flatnonzero(hit == -2)
-        if slow.size:
-            pos = np.minimum(np.searchsorted(sorted_h[0], q[0, slow]), n - 1)
-            hit[slow] = np.where(sorted_h[0, pos] == q[0, slow], order[pos], -1)
-        safe = np.maximum(hit, 0)
-        ok = (hit >= 0) & (full[0, safe] == q[0]) & (full[1, safe] == q[1])
-        return np.where(ok, hit, -1)
-
-    pieces, splits, lefts, rights = [], [], [], []
-    for m, idx, pre, suf in groups:
-        left = find(pre.reshape(2, -1)).reshape(-1, m - 1)
-        k = np.arange(1, m)
-        rows, cols = np.nonzero((left >= 0) & (lens[np.maximum(left, 0)] == k))
-        right = find(suf[:, rows, cols])  # only where the left half is a text
-        ok = (right >= 0) & (lens[np.maximum(right, 0)] == m - 1 - cols)
-        rows, cols = rows[ok], cols[ok]
-        pieces.append(idx[rows])
-        splits.append(cols + 1)
-        lefts.append(left[rows, cols])
-        rights.append(right[ok])
-    if not pieces:
-        return []
-    piece = np.concatenate(pieces)
-    split = np.concatenate(splits)
-    all_scores = np.zeros(n) if scores is None else np.asarray(scores, dtype=np.float64)
-    rank = np.lexsort((split, piece, -all_scores[piece]))
-    texts = np.empty(n, dtype=object)
-    texts[:] = tokens
-    return list(
-        zip(
-            texts[np.concatenate(lefts)[rank]].tolist(),
-            texts[np.concatenate(rights)[rank]].tolist(),
-            strict=True,
-        )
-    )
-
-
-def _merges_from_scores_slow(
-    tokens: Sequence[str],
-    scores: Sequence[float] | None,
-    token_types: Sequence[int] | None = None,
-) -> list[tuple[str, str]]:
-    """:func:`merges_from_scores` by comparing strings (the fallback and the tests' reference)."""
     ids = {t: i for i, t in enumerate(tokens)}
     ranked: list[tuple[float, int, int, str, str]] = []
     for i, piece in enumerate(tokens):
