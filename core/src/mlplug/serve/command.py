@@ -179,7 +179,14 @@ def _serve(args: argparse.Namespace, path: Path, model_id: str) -> int:
         print(backend.backend_memory().summary(), file=sys.stderr)
         print(f"OpenAI API at http://{args.host}:{args.port}/v1", file=sys.stderr)
         with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+            # Open streams do not hold the shutdown: they are cut after 5 s.
+            uvicorn.run(
+                app,
+                host=args.host,
+                port=args.port,
+                log_level="info",
+                timeout_graceful_shutdown=5,
+            )
     finally:
         if scheduler is not None:
             scheduler.close()
