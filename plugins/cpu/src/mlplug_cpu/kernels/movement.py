@@ -149,6 +149,9 @@ def set_rows(node: Node) -> None:
         store(converted, load(a))
         source = raw(converted)
     dst = raw(out)  # (d3, d2, N, ne0) elements, or (d3, d2, N, blocks, S) bytes
+    if ids.size == 1 or bool((ids[1:] > ids[:-1]).all()):
+        dst[:, :, ids] = source  # distinct ids (a KV-cache batch): no duplicate to resolve
+        return
     picked, targets = last_writes(ids)
     dst[:, :, targets] = source[:, :, picked]
 
