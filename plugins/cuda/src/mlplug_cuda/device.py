@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -90,9 +91,19 @@ class CudaBuffer:
         device_index: The GPU's index (for kernels compiled per device).
     """
 
-    __slots__ = ("__weakref__", "_release", "api", "data", "device_index", "name", "nbytes")
+    __slots__ = (
+        "__weakref__",
+        "_on_stream",
+        "_release",
+        "api",
+        "data",
+        "device_index",
+        "name",
+        "nbytes",
+    )
 
     def __init__(self, device: CudaDevice, data: Any, nbytes: int) -> None:
+        self._on_stream = device.on_stream
         self.api = device.api
         self.device_index = device.index
         self.name = device.name
@@ -121,12 +132,16 @@ class CudaBuffer:
             if self.api.emulated:
                 self.data[offset : offset + src.size] = src
             else:
-                self.data[offset : offset + src.size].set(src)
+                # On the device's stream, so that kernels queued after it see the bytes (the
+                # stream does not synchronise with the legacy default stream).
+                with self._on_stream():
+                    self.data[offset : offset + src.size].set(src)
 
     def read(self, offset: int, n: int) -> bytes:
         """Return ``n`` bytes starting at ``offset`` (waiting for the device's work)."""
         self._check(offset, n)
-        return self.api.asnumpy(self.data[offset : offset + n]).tobytes()
+        with self._on_stream():  # ordered after the device's queued kernels; blocks until done
+            return self.api.asnumpy(self.data[offset : offset + n]).tobytes()
 
     def free(self) -> None:
         """Return the memory to the pool and the device's budget. Idempotent."""
@@ -210,6 +225,15 @@ class CudaDevice:
     def __repr__(self) -> str:
         return f"CudaDevice({self.name}, {self.gpu_name!r}, limit={self._memory_limit})"
 
+    @contextmanager
+    def on_stream(self) -> Iterator[None]:
+        """Make this GPU and its stream current while the block runs (nothing under emulation)."""
+        if self._stream is None:
+            yield
+            return
+        with self.api.xp.cuda.Device(self.index), self._stream:
+            yield
+
     # -- memory ---------------------------------------------------------------------------------
 
     @property
@@ -278,7 +302,7 @@ class CudaDevice:
             if self.api.emulated:
                 data = np.zeros(nbytes, np.uint8)
             else:
-                with self.api.xp.cuda.Device(self.index), self._stream:
+                with self.on_stream():
                     data = self.api.xp.zeros(nbytes, np.uint8)
         except self._oom_errors() as err:
             self._give_back(nbytes)
@@ -364,12 +388,8 @@ class CudaDevice:
     def execute(self, nodes: Sequence[Node]) -> None:
         """Run the nodes' kernels in order on the device's stream (replayed when repeated)."""
         run = self.replay.execute if self.replay is not None else self._run
-        with self.api.errstate():
-            if self.api.emulated:
-                run(nodes)
-                return
-            with self.api.xp.cuda.Device(self.index), self._stream:
-                run(nodes)
+        with self.api.errstate(), self.on_stream():
+            run(nodes)
 
     def synchronize(self) -> None:
         """Wait until everything submitted has finished.
