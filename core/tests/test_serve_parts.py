@@ -134,6 +134,18 @@ def test_chat_text_parts_are_joined_and_max_completion_tokens_read() -> None:
 # -- text and chat templates ---------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def exact_cpu_products() -> Iterator[None]:
+    """Run the cpu plugin's exact products here, as ``test_serve_http.py`` does.
+
+    Its native kernels round activations to 8 bits, which can turn the 1-ulp difference of a
+    batched step into a greedy flip on the random demo model; these tests check isolation.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLPLUG_CPU_NATIVE", "0")
+        yield
+
+
 @pytest.fixture(scope="module")
 def demo() -> Iterator[tuple[mlplug.Backend, Decoder, Tokenizer]]:
     with demo_model_path() as path:
