@@ -203,3 +203,25 @@ def test_factory_import_error_becomes_unavailable(fake_eps: list) -> None:
     reg.register_backend("cuda", factory)
     with pytest.raises(BackendUnavailableError, match="cupy"):
         reg.new_backend(None, None, "cuda")
+
+
+def test_a_misspelt_hook_makes_the_plugin_unavailable(fake_eps: list) -> None:
+    # pluggy ignores an implementation whose name matches no spec unless asked (check_pending):
+    # without the check the typo below would silently never be called.
+    @hookimpl
+    def mlplug_memory_setting(backend, gpus, gpu_memory, cpu_memory):  # type: ignore[no-untyped-def]
+        return None
+
+    typo = hook_module("fakeplug_typo", "typo")
+    sys.modules[typo].mlplug_memory_setting = mlplug_memory_setting  # type: ignore[attr-defined]
+    fake_eps.extend([ep("typo", typo), ep("good", hook_module("fakeplug_fine", "good"))])
+    reg = Registry()
+    with pytest.warns(RuntimeWarning, match="mlplug_memory_setting") as caught:
+        infos = {i.name: i for i in reg.list_backends()}
+    assert len(caught) == 1
+    assert not infos["typo"].available
+    assert "unknown hook 'mlplug_memory_setting'" in infos["typo"].reason
+    assert infos["good"].available
+    with pytest.raises(BackendUnavailableError, match="mlplug_memory_setting"):
+        reg.new_backend(None, BackendParams(), "typo")
+    assert reg.plugin_manager.get_plugin("typo") is None  # its hooks are never called

@@ -29,9 +29,11 @@ destination). View ops (``reshape``, ``view``, ``permute``) never reach a device
 from __future__ import annotations
 
 import re
+import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import pluggy
 
@@ -51,6 +53,7 @@ __all__ = [
     "BackendParams",
     "Buffer",
     "CacheConfig",
+    "CappedAllocator",
     "DType",
     "Device",
     "DeviceOutOfMemory",
@@ -60,6 +63,7 @@ __all__ = [
     "OpDef",
     "Param",
     "Registrar",
+    "Release",
     "SupportsCacheConfig",
     "SupportsDirectCopy",
     "SupportsHostView",
@@ -70,6 +74,7 @@ __all__ = [
     "hookimpl",
     "is_contiguous",
     "parse_size",
+    "tile_shapes",
 ]
 
 API_VERSION = 1
@@ -178,6 +183,21 @@ class Node:
     out: TensorRef
     srcs: tuple[TensorRef | None, ...]
     params: Mapping[str, Any] = field(default_factory=dict)
+
+    def operand(self, i: int = 0) -> TensorRef:
+        """Return operand ``i``, which the op requires.
+
+        Raises:
+            ValueError: The operand is absent (a required operand never is in an engine node).
+        """
+        ref = self.srcs[i] if i < len(self.srcs) else None
+        if ref is None:
+            raise ValueError(f"[{self.op}] operand {i} is missing")
+        return ref
+
+    def optional(self, i: int) -> TensorRef | None:
+        """Return optional operand ``i`` (a norm's weight, attention's mask), or ``None``."""
+        return self.srcs[i] if i < len(self.srcs) else None
 
 
 @runtime_checkable
@@ -341,6 +361,165 @@ class Registrar(Protocol):
     ) -> None:
         """Register ``factory(model_path, params) -> mlplug.Backend`` (an own executor)."""
         ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Plugin kit: what every device needs and would otherwise write again
+
+
+def tile_shapes(
+    a_shape: Sequence[int], b_shape: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Return shapes that make plain broadcasting tile ``b`` over ``a`` (SEMANTICS §5.2).
+
+    Each axis where ``b`` repeats (``b`` neither equal to ``a`` nor 1 there) is split into
+    ``(a // b, b)`` for ``a`` and ``(1, b)`` for ``b``: reshaped so, numpy/MLX/cupy broadcasting
+    over the new axis repeats ``b`` whole, as the semantics ask and broadcasting alone would not.
+    The shapes are in the order given (numpy order for numpy arrays).
+    """
+    sa: list[int] = []
+    sb: list[int] = []
+    for x, y in zip(a_shape, b_shape, strict=True):
+        if y in (x, 1):
+            sa.append(x)
+            sb.append(y)
+        else:
+            sa += [x // y, y]
+            sb += [1, y]
+    return tuple(sa), tuple(sb)
+
+
+class Release:
+    """Gives one buffer's bytes back to its :class:`CappedAllocator`, once.
+
+    Holds the device weakly, so a buffer that outlives its device does not keep it alive.
+    Calling it again (``free()`` then garbage collection) does nothing.
+    """
+
+    __slots__ = ("_device", "nbytes")
+
+    def __init__(self, device: CappedAllocator[Any], nbytes: int) -> None:
+        self._device: weakref.ref[CappedAllocator[Any]] | None = weakref.ref(device)
+        self.nbytes = nbytes
+
+    def __call__(self) -> None:
+        ref, self._device = self._device, None
+        device = ref() if ref is not None else None
+        if device is not None:
+            device._give_back(self.nbytes)
+
+
+BufferT = TypeVar("BufferT", bound=Buffer)
+
+
+class CappedAllocator(Generic[BufferT]):
+    """Memory books for a device: bytes allocated and not yet freed, under an optional cap.
+
+    A device class inherits it and supplies the buffers; the base owns the accounting, as
+    tinygrad's ``Allocator.alloc`` wraps ``_alloc``. A subclass sets ``name`` before calling
+    ``__init__`` and implements:
+
+    * ``_alloc(nbytes, release) -> Buffer``: make a buffer of ``nbytes`` that calls
+      ``release()`` when it is freed (and, with ``weakref.finalize``, when it is collected
+      unfreed); raise ``MemoryError`` when the memory is not there.
+    * ``_hardware_memory() -> (total, free)``: the device's memory without a cap.
+
+    ``alloc`` refuses with :class:`DeviceOutOfMemory` past the cap; a device whose library takes
+    memory lazily (MLX) sets ``hardware_bound = True`` to refuse past the hardware's free memory
+    too. ``close_buffers()`` frees the buffers still live (for ``Device.close``).
+    """
+
+    __slots__ = ("__weakref__", "_allocated", "_buffers", "_lock", "_memory_limit")
+
+    name: str
+    hardware_bound: bool = False
+    """Also refuse allocations past ``free_memory()`` when no cap is set."""
+
+    def __init__(self, memory_limit: int | None = None) -> None:
+        self._allocated = 0
+        self._lock = threading.Lock()
+        self._buffers: weakref.WeakSet[BufferT] = weakref.WeakSet()
+        self._memory_limit: int | None = None
+        CappedAllocator.set_memory_limit(self, memory_limit)
+
+    def _alloc(self, nbytes: int, release: Release) -> BufferT:
+        raise NotImplementedError
+
+    def _hardware_memory(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    @property
+    def memory_limit(self) -> int | None:
+        """The cap in bytes, or ``None``."""
+        return self._memory_limit
+
+    def set_memory_limit(self, limit: int | None) -> int | None:
+        """Set the cap (``None`` removes it) and return the previous one.
+
+        Memory already allocated stays allocated even past the new cap; further allocations
+        fail until enough is freed.
+
+        Raises:
+            ValueError: ``limit`` is negative.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError(f"[{self.name}] memory limit must be >= 0, got {limit}")
+        previous, self._memory_limit = self._memory_limit, limit
+        return previous
+
+    @property
+    def allocated(self) -> int:
+        """Bytes allocated and not yet freed."""
+        return self._allocated
+
+    def total_memory(self) -> int:
+        """Return the cap when one is set, else the device's memory."""
+        if self._memory_limit is not None:
+            return self._memory_limit
+        return self._hardware_memory()[0]
+
+    def free_memory(self) -> int:
+        """Return the bytes left under the cap, else the device's free memory."""
+        if self._memory_limit is not None:
+            return max(0, self._memory_limit - self._allocated)
+        return self._hardware_memory()[1]
+
+    def alloc(self, nbytes: int) -> BufferT:
+        """Allocate ``nbytes`` and count them.
+
+        Raises:
+            ValueError: ``nbytes`` is negative.
+            DeviceOutOfMemory: The bytes do not fit under the cap (or, for a
+                ``hardware_bound`` device, in its free memory), or the allocation failed.
+        """
+        if nbytes < 0:
+            raise ValueError(f"[{self.name}] cannot allocate {nbytes} bytes")
+        with self._lock:
+            limit = self._memory_limit
+            if self.hardware_bound:
+                free = self.free_memory()
+                if nbytes > free:
+                    raise DeviceOutOfMemory(self.name, nbytes, free)
+            elif limit is not None and self._allocated + nbytes > limit:
+                raise DeviceOutOfMemory(self.name, nbytes, self.free_memory())
+            self._allocated += nbytes
+        release = Release(self, nbytes)
+        try:
+            buffer = self._alloc(nbytes, release)
+        except MemoryError as err:
+            release()
+            raise DeviceOutOfMemory(self.name, nbytes, self.free_memory()) from err
+        self._buffers.add(buffer)
+        return buffer
+
+    def _give_back(self, nbytes: int) -> None:
+        with self._lock:
+            self._allocated -= nbytes
+
+    def close_buffers(self) -> None:
+        """Free every buffer of this device still allocated."""
+        for buffer in list(self._buffers):
+            buffer.free()
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)

@@ -2,14 +2,19 @@
 
 A plugin module (the entry point's object) implements any of these with
 ``@mlplug.device.hookimpl``. Discovery registers each plugin with a
-``pluggy.PluginManager("mlplug")`` that validates the implementations against these specs.
+``pluggy.PluginManager("mlplug")`` that validates the implementations against these specs, and
+then checks that every implementation names one of them (``check_pending``): a plugin with a
+misspelt hook is listed as unavailable, with the reason.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:
+    from mlplug.device import Registrar
 
 hookspec = pluggy.HookspecMarker("mlplug")
 
@@ -22,12 +27,12 @@ __all__ = [
 
 
 @hookspec
-def mlplug_register_backends(registry: Any) -> None:
+def mlplug_register_backends(registry: Registrar) -> None:
     """Register this entry point's backend once (``name`` must be the entry point's name).
 
     Args:
-        registry: A :class:`mlplug.device.Registrar`: ``register_engine_plugin(plugin)`` for a
-            device plugin (what ``EnginePlugin.register`` calls), or
+        registry: ``register_engine_plugin(plugin)`` for a device plugin (what
+            ``EnginePlugin.register`` calls), or
             ``register_backend(name, factory, *, priority, probe, install_hint)`` for a plugin
             that brings its own ``Backend``.
     """

@@ -211,6 +211,30 @@ class Registry:
             self._discovered = True
             for ep in metadata.entry_points(group=self._group):
                 self._load_entry_point(ep)
+            self._check_pending()
+
+    def _check_pending(self) -> None:
+        """Make a plugin with a hook implementation no spec knows (a misspelt name) unavailable.
+
+        pluggy only checks hook names on request (``PluginManager.check_pending``); without it
+        ``@hookimpl def mlplug_memory_setting(...)`` would be ignored without a word.
+        """
+        while True:
+            try:
+                self.plugin_manager.check_pending()
+                return
+            except pluggy.PluginValidationError as err:
+                name = self.plugin_manager.get_name(err.plugin) or repr(err.plugin)
+                self.plugin_manager.unregister(err.plugin)
+                entry = self._entries.get(name)
+                provider = entry.provider if entry is not None else name
+                reason = f"{err} (no such hook: see mlplug.hookspecs)"
+                warnings.warn(
+                    f"mlplug plugin {name!r} ({provider}) is unavailable: {reason}",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self._entries[name] = _Entry(name, None, provider=provider, broken=reason)
 
     def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
         dist = getattr(ep, "dist", None)

@@ -6,6 +6,8 @@ protocol): memory (``alloc`` returning :class:`ExampleBuffer`, ``total_memory``,
 ``synchronize``, ``close``). Placement, scheduling, memory planning and the memory report are
 the engine's job.
 
+The memory books come from :class:`mlplug.device.CappedAllocator`: the device only says how to
+make a buffer (``_alloc``) and how much memory the machine has (``_hardware_memory``).
 ``MLPLUG_EXAMPLE_MEMORY_LIMIT=SIZE`` caps the bytes allocated and not yet freed; past the cap
 ``alloc`` raises :class:`~mlplug.device.DeviceOutOfMemory`, which the engine turns into the
 user's ``ErrNoMem`` with a memory report.
@@ -14,11 +16,10 @@ user's ``ErrNoMem`` with a memory report.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 
 import numpy as np
-from mlplug.device import DeviceOutOfMemory, Node, parse_size
+from mlplug.device import CappedAllocator, Node, Release, parse_size
 
 from mlplug_example.kernels import KERNELS
 from mlplug_example.plugin import ENV_MEMORY_LIMIT
@@ -29,15 +30,15 @@ __all__ = ["ExampleBuffer", "ExampleDevice"]
 class ExampleBuffer:
     """A block of device memory: a numpy ``uint8`` array (:attr:`data`) the kernels view."""
 
-    __slots__ = ("_device", "data", "nbytes")
+    __slots__ = ("__weakref__", "_release", "data", "nbytes")
 
-    def __init__(self, device: ExampleDevice, nbytes: int) -> None:
-        self._device: ExampleDevice | None = device
+    def __init__(self, nbytes: int, release: Release) -> None:
+        self._release: Release | None = release  # gives the bytes back to the device, once
         self.data = np.zeros(nbytes, np.uint8)
         self.nbytes = nbytes
 
     def _check(self, offset: int, n: int) -> None:
-        if self._device is None:
+        if self._release is None:
             raise ValueError("[example] buffer used after free()")
         if offset < 0 or n < 0 or offset + n > self.nbytes:
             raise ValueError(f"[example] bytes [{offset}, {offset + n}) outside {self.nbytes}")
@@ -55,9 +56,9 @@ class ExampleBuffer:
 
     def free(self) -> None:
         """Give the memory back to the device. Idempotent."""
-        if self._device is not None:
-            self._device._released(self)
-            self._device = None
+        if self._release is not None:
+            self._release()
+            self._release = None
             self.data = np.zeros(0, np.uint8)
 
 
@@ -68,7 +69,7 @@ def _system_memory(pages: str) -> int:
         return 0
 
 
-class ExampleDevice:
+class ExampleDevice(CappedAllocator[ExampleBuffer]):
     """The host CPU, running :data:`~mlplug_example.kernels.KERNELS` with numpy.
 
     Args:
@@ -82,12 +83,9 @@ class ExampleDevice:
     alignment = 64  # the engine rounds every accounted size up to this
 
     def __init__(self, memory_limit: int | None = None) -> None:
-        if memory_limit is not None and memory_limit < 0:
-            raise ValueError(f"[example] memory_limit must be >= 0, got {memory_limit}")
-        self.memory_limit = memory_limit
-        self.allocated = 0
-        self._live: set[ExampleBuffer] = set()
-        self._lock = threading.Lock()  # backends on several threads share nothing else
+        # The books (allocated bytes, the cap, a lock: backends on several threads may share
+        # nothing else) are CappedAllocator's.
+        super().__init__(memory_limit)
 
     @classmethod
     def from_env(cls) -> ExampleDevice:
@@ -101,46 +99,13 @@ class ExampleDevice:
     def __repr__(self) -> str:
         return f"ExampleDevice(limit={self.memory_limit}, allocated={self.allocated})"
 
-    # -- memory ---------------------------------------------------------------------------------
+    # -- memory: CappedAllocator keeps the books, the device makes the buffers ------------------
 
-    def total_memory(self) -> int:
-        """Return the cap when one is set, else the machine's physical memory."""
-        if self.memory_limit is not None:
-            return self.memory_limit
-        return _system_memory("SC_PHYS_PAGES")
+    def _alloc(self, nbytes: int, release: Release) -> ExampleBuffer:
+        return ExampleBuffer(nbytes, release)
 
-    def free_memory(self) -> int:
-        """Return the bytes left under the cap, else the memory the system has available."""
-        if self.memory_limit is not None:
-            return max(0, self.memory_limit - self.allocated)
-        return _system_memory("SC_AVPHYS_PAGES")
-
-    def alloc(self, nbytes: int) -> ExampleBuffer:
-        """Allocate ``nbytes`` zeroed bytes.
-
-        Raises:
-            DeviceOutOfMemory: They do not fit under the cap, or the system has no memory left.
-        """
-        if nbytes < 0:
-            raise ValueError(f"[example] cannot allocate {nbytes} bytes")
-        with self._lock:
-            if self.memory_limit is not None and self.allocated + nbytes > self.memory_limit:
-                raise DeviceOutOfMemory(self.name, nbytes, self.free_memory())
-            self.allocated += nbytes
-        try:
-            buffer = ExampleBuffer(self, nbytes)
-        except MemoryError as err:
-            with self._lock:
-                self.allocated -= nbytes
-            raise DeviceOutOfMemory(self.name, nbytes, self.free_memory()) from err
-        with self._lock:
-            self._live.add(buffer)
-        return buffer
-
-    def _released(self, buffer: ExampleBuffer) -> None:
-        with self._lock:
-            self.allocated -= buffer.nbytes
-            self._live.discard(buffer)
+    def _hardware_memory(self) -> tuple[int, int]:
+        return _system_memory("SC_PHYS_PAGES"), _system_memory("SC_AVPHYS_PAGES")
 
     # -- execution ------------------------------------------------------------------------------
 
@@ -180,5 +145,4 @@ class ExampleDevice:
 
     def close(self) -> None:
         """Free any buffer still allocated (the engine has normally freed them all)."""
-        for buffer in list(self._live):
-            buffer.free()
+        self.close_buffers()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from mlplug.device import DType, Node, TensorRef
 
-__all__ = ["FLOATS", "KERNELS", "Kernel", "array", "operand", "store", "tile", "values"]
+__all__ = ["FLOATS", "KERNELS", "Kernel", "array", "store", "tile", "values"]
 
 FLOATS = frozenset({DType.F32, DType.F16})
 """The float dtypes this plugin computes on (BF16 and the quantised types are left out)."""
@@ -79,14 +79,6 @@ def store(ref: TensorRef, result: np.ndarray) -> None:
     np.copyto(array(ref), result, casting="unsafe")
 
 
-def operand(node: Node, i: int) -> TensorRef:
-    """Return operand ``i`` (optional operands that are absent are ``None`` in ``node.srcs``)."""
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[example] {node.op}: operand {i} is missing")
-    return ref
-
-
 def tile(b: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Return ``b`` repeated whole along each axis to ``shape`` (SEMANTICS §5.2 tiling).
 
@@ -132,23 +124,23 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 
 def unary(node: Node) -> None:
     """``f(a)`` element by element."""
-    store(node.out, UNARY[node.op](values(operand(node, 0))))
+    store(node.out, UNARY[node.op](values(node.operand(0))))
 
 
 def scale(node: Node) -> None:
     """``a · s`` (``s`` is already narrowed to F32 by the ops table)."""
-    store(node.out, values(operand(node, 0)) * np.float32(node.params["s"]))
+    store(node.out, values(node.operand(0)) * np.float32(node.params["s"]))
 
 
 def clamp(node: Node) -> None:
     """``max(min(a, hi), lo)``: ``lo`` wins when ``lo > hi``."""
     hi, lo = np.float32(node.params["hi"]), np.float32(node.params["lo"])
-    store(node.out, np.maximum(np.minimum(values(operand(node, 0)), hi), lo))
+    store(node.out, np.maximum(np.minimum(values(node.operand(0)), hi), lo))
 
 
 def binary(node: Node) -> None:
     """``a ∘ tile(b)``: ``b`` repeated over ``a`` in every dim."""
-    a, b = values(operand(node, 0)), values(operand(node, 1))
+    a, b = values(node.operand(0)), values(node.operand(1))
     store(node.out, BINARY[node.op](a, tile(b, a.shape)))
 
 
@@ -162,7 +154,7 @@ def mulmat(node: Node) -> None:
     The product runs in float32 (numpy's matmul), so it also meets ``mulmat_full_prec``'s demand
     of F32 accumulation.
     """
-    a, b = values(operand(node, 0)), values(operand(node, 1))
+    a, b = values(node.operand(0)), values(node.operand(1))
     r3, r2 = b.shape[0] // a.shape[0], b.shape[1] // a.shape[1]
     rep = np.repeat(np.repeat(a, r3, axis=0), r2, axis=1)
     store(node.out, b @ rep.swapaxes(-1, -2))
@@ -174,14 +166,14 @@ def mulmat(node: Node) -> None:
 
 def softmax(node: Node) -> None:
     """``exp(x - max) / Σ exp(x - max)`` per row."""
-    x = values(operand(node, 0))
+    x = values(node.operand(0))
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     store(node.out, e / e.sum(axis=-1, keepdims=True))
 
 
 def rms_norm(node: Node) -> None:
     """``x / sqrt(mean(x²) + eps)`` per row, then ``· tile(w)`` when a weight is given."""
-    x = values(operand(node, 0))
+    x = values(node.operand(0))
     eps = np.float32(node.params["eps"])
     y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
     w = node.srcs[1]
@@ -192,18 +184,18 @@ def rms_norm(node: Node) -> None:
 
 def sum_rows(node: Node) -> None:
     """``Σ x`` per row (an empty row sums to 0)."""
-    store(node.out, values(operand(node, 0)).sum(axis=-1, keepdims=True))
+    store(node.out, values(node.operand(0)).sum(axis=-1, keepdims=True))
 
 
 def mean(node: Node) -> None:
     """``Σ x / ne0`` per row, F32 (an empty row gives NaN)."""
-    x = values(operand(node, 0))
+    x = values(node.operand(0))
     store(node.out, x.sum(axis=-1, keepdims=True) / np.float32(x.shape[-1]))
 
 
 def argsort(node: Node) -> None:
     """Indices that sort each row ascending (I32)."""
-    store(node.out, np.argsort(values(operand(node, 0)), axis=-1, kind="stable"))
+    store(node.out, np.argsort(values(node.operand(0)), axis=-1, kind="stable"))
 
 
 def topk(node: Node) -> None:
@@ -213,7 +205,7 @@ def topk(node: Node) -> None:
     window: its ``nb[1]`` steps a full row), so only those ``k`` columns are written.
     """
     k = int(node.params["k"])
-    store(node.out, np.argsort(-values(operand(node, 0)), axis=-1, kind="stable")[..., :k])
+    store(node.out, np.argsort(-values(node.operand(0)), axis=-1, kind="stable")[..., :k])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +214,7 @@ def topk(node: Node) -> None:
 
 def contiguous(node: Node) -> None:
     """Packed copy (``contiguous``, ``duplicate``): same dtype, values bit for bit."""
-    store(node.out, array(operand(node, 0)))
+    store(node.out, array(node.operand(0)))
 
 
 def copy(node: Node) -> None:
@@ -233,7 +225,7 @@ def copy(node: Node) -> None:
     the same element count but may differ in shape, so ``a`` is reshaped (C order = ggml's
     logical order, dim 0 fastest).
     """
-    store(node.out, array(operand(node, 0)).reshape(_shape(node.out)))
+    store(node.out, array(node.operand(0)).reshape(_shape(node.out)))
 
 
 def rows(node: Node) -> None:
@@ -242,8 +234,8 @@ def rows(node: Node) -> None:
     Raises:
         IndexError: An id is outside ``0 ≤ id < a.ne1`` (known only now, at compute time).
     """
-    a = operand(node, 0)
-    ids = array(operand(node, 1))[0]  # ids [n, a.ne2, a.ne3, 1] in numpy order: (a.ne3, a.ne2, n)
+    a = node.operand(0)
+    ids = array(node.operand(1))[0]  # ids [n, a.ne2, a.ne3, 1] in numpy order: (a.ne3, a.ne2, n)
     bad = ids[(ids < 0) | (ids >= a.ne[1])]
     if bad.size:
         raise IndexError(f"rows: id {int(bad[0])} is out of range 0..{a.ne[1] - 1}")

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from mlplug.device import BackendParams, Device, EnginePlugin, hookimpl
-
-if TYPE_CHECKING:
-    from mlplug.registry import Registry
+from mlplug.device import BackendParams, Device, EnginePlugin, Registrar, hookimpl
 
 __all__ = ["ENV_MEMORY_LIMIT", "PLUGIN", "mlplug_memory_settings", "mlplug_register_backends"]
 
@@ -52,7 +48,7 @@ PLUGIN = EnginePlugin(
 
 
 @hookimpl
-def mlplug_register_backends(registry: Registry) -> None:
+def mlplug_register_backends(registry: Registrar) -> None:
     """Register the ``example`` backend (called once, at discovery)."""
     PLUGIN.register(registry)
 

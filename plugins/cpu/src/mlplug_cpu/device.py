@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from contextlib import contextmanager
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from mlplug.device import BackendParams, DeviceOutOfMemory, Node, parse_size
+from mlplug.device import BackendParams, CappedAllocator, Node, Release, parse_size
 from mlplug_cpu.kernels import KERNELS, native
 
 __all__ = [
@@ -48,15 +47,18 @@ class CpuBuffer:
 
     __slots__ = ("__weakref__", "_release", "data", "nbytes")
 
-    def __init__(self, device: CpuDevice, nbytes: int) -> None:
+    def __init__(self, nbytes: int, release: Release) -> None:
         # Over-allocate by the alignment and start at the first aligned byte.
-        base = np.zeros(nbytes + ALIGNMENT, np.uint8)
+        try:
+            base = np.zeros(nbytes + ALIGNMENT, np.uint8)
+        except ValueError as err:  # past numpy's largest array: out of memory all the same
+            raise MemoryError(str(err)) from err
         start = -base.ctypes.data % ALIGNMENT
         self.data: np.ndarray = base[start : start + nbytes]
         self.nbytes = nbytes
         # Gives the bytes back to the device once: on free(), or when the buffer is collected
-        # without having been freed. It holds no reference to the buffer itself.
-        self._release = weakref.finalize(self, _give_back, weakref.ref(device), nbytes)
+        # without having been freed.
+        self._release = weakref.finalize(self, release)
 
     def _check(self, offset: int, n: int) -> None:
         if not self._release.alive:
@@ -107,8 +109,10 @@ def _sysconf_bytes(pages: str) -> int:
         return 0
 
 
-class CpuDevice:
+class CpuDevice(CappedAllocator[CpuBuffer]):
     """A numpy device: the host CPU, or (``kind="gpu"``) a simulated GPU with its own budget.
+
+    Memory accounting and the cap come from :class:`~mlplug.device.CappedAllocator`.
 
     Args:
         name: Display name and memory-report key.
@@ -119,18 +123,7 @@ class CpuDevice:
             may run on (``os.sched_getaffinity``); larger requests are capped to that.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_allocated",
-        "_buffers",
-        "_lock",
-        "_memory_limit",
-        "alignment",
-        "id",
-        "kind",
-        "name",
-        "num_threads",
-    )
+    __slots__ = ("alignment", "id", "kind", "name", "num_threads")
 
     def __init__(
         self,
@@ -141,79 +134,24 @@ class CpuDevice:
         memory_limit: int | None = None,
         num_threads: int = 0,
     ) -> None:
-        if memory_limit is not None and memory_limit < 0:
-            raise ValueError(f"[{name}] memory_limit must be >= 0, got {memory_limit}")
         self.name = name
         self.id = id
         self.kind = kind
         self.alignment = ALIGNMENT
         self.num_threads = usable_threads(num_threads)
-        self._memory_limit = memory_limit
-        self._allocated = 0
-        self._lock = threading.Lock()
-        self._buffers: weakref.WeakSet[CpuBuffer] = weakref.WeakSet()
+        super().__init__(memory_limit)
 
     def __repr__(self) -> str:
         return f"CpuDevice(name={self.name!r}, kind={self.kind!r}, limit={self._memory_limit})"
 
-    # -- memory ---------------------------------------------------------------------------------
+    # -- memory (accounting and cap: CappedAllocator) ------------------------------------------
 
-    @property
-    def memory_limit(self) -> int | None:
-        """The cap in bytes, or ``None``."""
-        return self._memory_limit
+    def _hardware_memory(self) -> tuple[int, int]:
+        total = _meminfo("MemTotal") or _sysconf_bytes("SC_PHYS_PAGES")
+        return total, _meminfo("MemAvailable") or _sysconf_bytes("SC_AVPHYS_PAGES")
 
-    def set_memory_limit(self, limit: int | None) -> int | None:
-        """Set the cap (``None`` removes it) and return the previous one.
-
-        Memory already allocated stays allocated even when it exceeds the new cap; further
-        allocations fail until enough is freed.
-        """
-        if limit is not None and limit < 0:
-            raise ValueError(f"[{self.name}] memory limit must be >= 0, got {limit}")
-        previous, self._memory_limit = self._memory_limit, limit
-        return previous
-
-    @property
-    def allocated(self) -> int:
-        """Bytes allocated and not yet freed."""
-        return self._allocated
-
-    def total_memory(self) -> int:
-        """Return the cap when one is set, else the machine's physical memory."""
-        if self._memory_limit is not None:
-            return self._memory_limit
-        return _meminfo("MemTotal") or _sysconf_bytes("SC_PHYS_PAGES")
-
-    def free_memory(self) -> int:
-        """Return the bytes left under the cap, else the memory the system has available."""
-        if self._memory_limit is not None:
-            return max(0, self._memory_limit - self._allocated)
-        return _meminfo("MemAvailable") or _sysconf_bytes("SC_AVPHYS_PAGES")
-
-    def alloc(self, nbytes: int) -> CpuBuffer:
-        """Allocate ``nbytes`` zeroed bytes.
-
-        Raises:
-            DeviceOutOfMemory: The bytes do not fit under the cap, or the system is out of memory.
-        """
-        if nbytes < 0:
-            raise ValueError(f"[{self.name}] cannot allocate {nbytes} bytes")
-        with self._lock:
-            if self._memory_limit is not None and self._allocated + nbytes > self._memory_limit:
-                raise DeviceOutOfMemory(self.name, nbytes, self.free_memory())
-            self._allocated += nbytes
-        try:
-            buffer = CpuBuffer(self, nbytes)
-        except (MemoryError, ValueError) as err:  # ValueError: past numpy's largest array
-            self._give_back(nbytes)
-            raise DeviceOutOfMemory(self.name, nbytes, self.free_memory()) from err
-        self._buffers.add(buffer)
-        return buffer
-
-    def _give_back(self, nbytes: int) -> None:
-        with self._lock:
-            self._allocated -= nbytes
+    def _alloc(self, nbytes: int, release: Release) -> CpuBuffer:
+        return CpuBuffer(nbytes, release)
 
     # -- execution ------------------------------------------------------------------------------
 
@@ -245,14 +183,7 @@ class CpuDevice:
 
     def close(self) -> None:
         """Free every buffer still allocated on this device."""
-        for buffer in list(self._buffers):
-            buffer.free()
-
-
-def _give_back(device_ref: weakref.ref[CpuDevice], nbytes: int) -> None:
-    device = device_ref()
-    if device is not None:
-        device._give_back(nbytes)
+        self.close_buffers()
 
 
 def usable_threads(requested: int) -> int:

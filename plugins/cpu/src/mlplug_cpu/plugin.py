@@ -7,12 +7,8 @@ module, and with it numpy, only when a backend is built.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from mlplug.device import BackendParams, Device, EnginePlugin, hookimpl
-
-if TYPE_CHECKING:
-    from mlplug.registry import Registry
+from mlplug.device import BackendParams, Device, EnginePlugin, Registrar, hookimpl
 
 __all__ = ["PLUGIN", "mlplug_register_backends"]
 
@@ -39,7 +35,7 @@ PLUGIN = EnginePlugin(
 
 
 @hookimpl
-def mlplug_register_backends(registry: Registry) -> None:
+def mlplug_register_backends(registry: Registrar) -> None:
     """Register the ``cpu`` backend."""
     PLUGIN.register(registry)
 

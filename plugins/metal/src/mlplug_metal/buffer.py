@@ -70,7 +70,8 @@ class MlxBuffer:
     Args:
         device_name: For error messages.
         nbytes: Size in bytes.
-        release: Called once with ``nbytes`` when the buffer is freed or collected.
+        release: Gives the bytes back to the device (called when the buffer is freed or
+            collected).
         on_change: Called with each array a write creates (the device evaluates them).
     """
 
@@ -80,7 +81,7 @@ class MlxBuffer:
         self,
         device_name: str,
         nbytes: int,
-        release: Callable[[int], None],
+        release: Callable[[], None],
         on_change: Callable[[mx.array], None],
     ) -> None:
         self.name = device_name
@@ -88,7 +89,7 @@ class MlxBuffer:
         self._segments: list[_Segment] = []
         self._starts: list[int] = []
         self._on_change = on_change
-        self._release = weakref.finalize(self, release, nbytes)
+        self._release = weakref.finalize(self, release)
 
     def __repr__(self) -> str:
         return f"MlxBuffer({self.nbytes} bytes, {len(self._segments)} segments)"

@@ -22,8 +22,6 @@ else (exact ``rows``, copies and reads); F32/F16/BF16/integer weights are stored
 from __future__ import annotations
 
 import os
-import threading
-import weakref
 from collections.abc import Sequence
 
 import mlx.core as mx
@@ -31,10 +29,12 @@ import mlx.core as mx
 from mlplug.device import (
     BackendParams,
     CacheConfig,
+    CappedAllocator,
     Device,
     DeviceOutOfMemory,
     DType,
     Node,
+    Release,
     TensorRef,
     parse_size,
 )
@@ -73,28 +73,21 @@ def _system_memory() -> tuple[int, int]:
     return total, available
 
 
-class MlxDevice:
+class MlxDevice(CappedAllocator[MlxBuffer]):
     """The MLX device: kind ``"gpu"``, name ``Metal`` (also when running on MLX's CPU).
+
+    Memory accounting and the cap come from :class:`~mlplug.device.CappedAllocator`; MLX takes
+    memory lazily, so allocations are also refused past the device's free memory
+    (``hardware_bound``).
 
     Args:
         mx_device: The MLX device computing (``mx.gpu`` or ``mx.cpu``).
         memory_limit: Cap in bytes on memory allocated and not yet freed; ``None`` = none.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_allocated",
-        "_buffers",
-        "_lock",
-        "_memory_limit",
-        "_mlx_limit",
-        "_pending",
-        "alignment",
-        "id",
-        "kind",
-        "mx_device",
-        "name",
-    )
+    __slots__ = ("_mlx_limit", "_pending", "alignment", "id", "kind", "mx_device", "name")
+
+    hardware_bound = True
 
     def __init__(
         self, mx_device: mx.Device | mx.DeviceType, *, memory_limit: int | None = None
@@ -104,23 +97,15 @@ class MlxDevice:
         self.kind = "gpu"
         self.alignment = ALIGNMENT
         self.mx_device = mx_device
-        self._allocated = 0
-        self._lock = threading.Lock()
-        self._buffers: weakref.WeakSet[MlxBuffer] = weakref.WeakSet()
         self._pending: list[mx.array] = []
-        self._memory_limit: int | None = None
         self._mlx_limit: int | None = None  # MLX's limit before ours, to restore
+        super().__init__()
         self.set_memory_limit(memory_limit)
 
     def __repr__(self) -> str:
         return f"MlxDevice({self.mx_device}, limit={self._memory_limit})"
 
-    # -- memory -----------------------------------------------------------------------------
-
-    @property
-    def memory_limit(self) -> int | None:
-        """The cap in bytes, or ``None``."""
-        return self._memory_limit
+    # -- memory (accounting and cap: CappedAllocator) --------------------------------------
 
     def set_memory_limit(self, limit: int | None) -> int | None:
         """Set the cap (``None`` removes it) and return the previous one.
@@ -128,9 +113,7 @@ class MlxDevice:
         The cap also becomes MLX's memory limit (restored to MLX's own when removed). Memory
         already allocated stays allocated even past the new cap.
         """
-        if limit is not None and limit < 0:
-            raise ValueError(f"[{self.name}] memory limit must be >= 0, got {limit}")
-        previous, self._memory_limit = self._memory_limit, limit
+        previous = super().set_memory_limit(limit)
         if limit is not None:
             old = mx.set_memory_limit(max(limit, 1))
             if self._mlx_limit is None:
@@ -140,11 +123,6 @@ class MlxDevice:
             self._mlx_limit = None
         return previous
 
-    @property
-    def allocated(self) -> int:
-        """Bytes allocated and not yet freed."""
-        return self._allocated
-
     def _device_memory(self) -> int:
         if self.mx_device == mx.gpu:
             info = (mx.device_info if hasattr(mx, "device_info") else mx.metal.device_info)()
@@ -153,41 +131,16 @@ class MlxDevice:
                 return size
         return _system_memory()[0]
 
-    def total_memory(self) -> int:
-        """Return the cap when one is set, else the memory the device may use."""
-        if self._memory_limit is not None:
-            return self._memory_limit
-        return self._device_memory()
-
-    def free_memory(self) -> int:
-        """Return the bytes left under the cap, else of the device's memory."""
-        if self._memory_limit is not None:
-            return max(0, self._memory_limit - self._allocated)
-        left = max(0, self._device_memory() - self._allocated)
+    def _hardware_memory(self) -> tuple[int, int]:
+        total = self._device_memory()
+        left = max(0, total - self.allocated)
         if self.mx_device == mx.cpu:
             left = min(left, _system_memory()[1])
-        return left
+        return total, left
 
-    def alloc(self, nbytes: int) -> MlxBuffer:
-        """Reserve ``nbytes`` zeroed bytes (MLX memory is taken as data is written).
-
-        Raises:
-            DeviceOutOfMemory: The bytes do not fit under the cap or in the device's memory.
-        """
-        if nbytes < 0:
-            raise ValueError(f"[{self.name}] cannot allocate {nbytes} bytes")
-        with self._lock:
-            free = self.free_memory()
-            if nbytes > free:
-                raise DeviceOutOfMemory(self.name, nbytes, free)
-            self._allocated += nbytes
-        buffer = MlxBuffer(self.name, nbytes, _Release(self), self._pending.append)
-        self._buffers.add(buffer)
-        return buffer
-
-    def _give_back(self, nbytes: int) -> None:
-        with self._lock:
-            self._allocated -= nbytes
+    def _alloc(self, nbytes: int, release: Release) -> MlxBuffer:
+        # Zeroed bytes: MLX memory is taken as data is written.
+        return MlxBuffer(self.name, nbytes, release, self._pending.append)
 
     # -- weights (SupportsWeightUpload) -----------------------------------------------------
 
@@ -274,24 +227,9 @@ class MlxDevice:
 
     def close(self) -> None:
         """Free every buffer still allocated and give MLX its memory limit back."""
-        for buffer in list(self._buffers):
-            buffer.free()
+        self.close_buffers()
         self._pending.clear()
         self.set_memory_limit(None)
-
-
-class _Release:
-    """Gives a buffer's bytes back to its device (without keeping the device alive)."""
-
-    __slots__ = ("_device",)
-
-    def __init__(self, device: MlxDevice) -> None:
-        self._device = weakref.ref(device)
-
-    def __call__(self, nbytes: int) -> None:
-        device = self._device()
-        if device is not None:
-            device._give_back(nbytes)
 
 
 def _env_size(variable: str) -> int | None:

@@ -18,12 +18,8 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from mlplug.device import BackendParams, Device, EnginePlugin, hookimpl
-
-if TYPE_CHECKING:
-    from mlplug.registry import Registry
+from mlplug.device import BackendParams, Device, EnginePlugin, Registrar, hookimpl
 
 __all__ = [
     "ENV_DEVICE",
@@ -98,7 +94,7 @@ PLUGIN = EnginePlugin(
 
 
 @hookimpl
-def mlplug_register_backends(registry: Registry) -> None:
+def mlplug_register_backends(registry: Registrar) -> None:
     """Register the ``metal`` backend."""
     PLUGIN.register(registry)
 

@@ -27,12 +27,6 @@ _SCORE_BYTES = 64 << 20
 """Upper bound on the F32 score block computed at once."""
 
 
-def _src(node: Node, i: int) -> TensorRef:
-    ref = node.srcs[i]
-    assert ref is not None
-    return ref
-
-
 _NATIVE_TYPES = frozenset({DType.F32, DType.F16, DType.BF16})
 
 
@@ -81,12 +75,12 @@ def scaled_dot_product_attention(node: Node) -> None:
     if node.out.n == 0:
         return
     mask_ref = node.srcs[3] if len(node.srcs) > 3 else None
-    if _native(node, (_src(node, 0), _src(node, 1), _src(node, 2), mask_ref)):
+    if _native(node, (node.operand(0), node.operand(1), node.operand(2), mask_ref)):
         return
     out = raw(node.out)[0]  # (T, H, Dv)
-    q = load(_src(node, 0))[0]  # (T, H, Dk)
-    k = load(_src(node, 1))[0]  # (L, Hkv, Dk)
-    v = load(_src(node, 2))[0]  # (L, Hkv, Dv), or (Hkv, Dv, L) when permuted
+    q = load(node.operand(0))[0]  # (T, H, Dk)
+    k = load(node.operand(1))[0]  # (L, Hkv, Dk)
+    v = load(node.operand(2))[0]  # (L, Hkv, Dv), or (Hkv, Dv, L) when permuted
     tokens, heads, dk = q.shape
     length, kv_heads, _ = k.shape
     group = heads // kv_heads

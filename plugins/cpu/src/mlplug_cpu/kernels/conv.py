@@ -12,16 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from mlplug.device import Node, TensorRef
+from mlplug.device import Node
 from mlplug_cpu.kernels.quant import load, raw
 
 __all__ = ["KERNELS"]
-
-
-def _src(node: Node, i: int) -> TensorRef:
-    ref = node.srcs[i]
-    assert ref is not None
-    return ref
 
 
 def _patches(x: np.ndarray, kh: int, kw: int, oh: int, ow: int, p: Mapping[str, Any]) -> np.ndarray:
@@ -40,7 +34,9 @@ def im2col(node: Node) -> None:
     if node.out.n == 0:
         return
     ow, oh = node.out.ne[1], node.out.ne[2]
-    cols = _patches(load(_src(node, 1)), node.params["kh"], node.params["kw"], oh, ow, node.params)
+    cols = _patches(
+        load(node.operand(1)), node.params["kh"], node.params["kw"], oh, ow, node.params
+    )
     out = raw(node.out)  # (N, OH, OW, C·KH·KW)
     np.copyto(out, cols.reshape(out.shape))
 
@@ -49,10 +45,10 @@ def conv_2d(node: Node) -> None:
     """Cross-correlation: the flattened kernel times the im2col matrix."""
     if node.out.n == 0:
         return
-    kernel = load(_src(node, 0))  # (OC, IC, KH, KW)
+    kernel = load(node.operand(0))  # (OC, IC, KH, KW)
     oc, ic, kh, kw = kernel.shape
     ow, oh, _, n = node.out.ne
-    cols = _patches(load(_src(node, 1)), kh, kw, oh, ow, node.params)
+    cols = _patches(load(node.operand(1)), kh, kw, oh, ow, node.params)
     product = cols.reshape(n * oh * ow, ic * kh * kw) @ kernel.reshape(oc, ic * kh * kw).T
     np.copyto(raw(node.out), product.reshape(n, oh, ow, oc).transpose(0, 3, 1, 2))
 
@@ -63,7 +59,7 @@ def avg_pool_2d(node: Node) -> None:
         return
     k, s, p = (int(node.params[key]) for key in ("k", "s", "p"))
     ow, oh = node.out.ne[0], node.out.ne[1]
-    padded = np.pad(load(_src(node, 0)), ((0, 0), (0, 0), (p, p), (p, p)))
+    padded = np.pad(load(node.operand(0)), ((0, 0), (0, 0), (p, p), (p, p)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(2, 3))
     windows = windows[:, :, ::s, ::s][:, :, :oh, :ow]
     sums = windows.sum(axis=(-2, -1), dtype=np.float32)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mlplug.device import Node
+from mlplug.device import Node, tile_shapes
 from mlplug_cpu.kernels.quant import commit, dest, load, reshaped_view
 
 __all__ = ["KERNELS", "tiled"]
@@ -21,27 +21,12 @@ __all__ = ["KERNELS", "tiled"]
 Ufunc = Callable[..., np.ndarray]
 
 
-def _tile_shapes(
-    a_shape: tuple[int, ...], b_shape: tuple[int, ...]
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    sa: list[int] = []
-    sb: list[int] = []
-    for x, y in zip(a_shape, b_shape, strict=True):
-        if y in (x, 1):
-            sa.append(x)
-            sb.append(y)
-        else:
-            sa += [x // y, y]
-            sb += [1, y]
-    return tuple(sa), tuple(sb)
-
-
 def tiled(ufunc: Ufunc, x: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Return ``ufunc(x, tile(y))`` (SEMANTICS §5.2), written into ``out`` when given.
 
     ``y``'s extents must divide ``x``'s in every dim (the ops table checked that).
     """
-    sa, sb = _tile_shapes(x.shape, y.shape)
+    sa, sb = tile_shapes(x.shape, y.shape)
     xa, yb = x.reshape(sa), y.reshape(sb)
     if out is None:
         return ufunc(xa, yb).reshape(x.shape)
@@ -55,8 +40,7 @@ def tiled(ufunc: Ufunc, x: np.ndarray, y: np.ndarray, out: np.ndarray | None = N
 
 def _binary(ufunc: Ufunc) -> Callable[[Node], None]:
     def kernel(node: Node) -> None:
-        a, b = node.srcs
-        assert a is not None and b is not None
+        a, b = node.operand(0), node.operand(1)
         if node.out.n == 0:
             return
         o = dest(node.out)
@@ -129,8 +113,7 @@ def _unary(f: Callable[[np.ndarray, np.ndarray], None]) -> Callable[[Node], None
     def kernel(node: Node) -> None:
         if node.out.n == 0:
             return
-        a = node.srcs[0]
-        assert a is not None
+        a = node.operand()
         o = dest(node.out)
         f(load(a), o)
         commit(node.out, o)
@@ -162,8 +145,7 @@ def _rope(node: Node) -> None:
     # (x[i], x[i + n/2]) in mode 2, becomes (a·cos − b·sin, a·sin + b·cos); the rest is copied.
     if node.out.n == 0:
         return
-    a, cos, sin = node.srcs
-    assert a is not None and cos is not None and sin is not None
+    a, cos, sin = node.operand(0), node.operand(1), node.operand(2)
     n = node.params["n_rot"]
     x = load(a)  # (1, T, H, D)
     c = load(cos)[0, 0][:, None, :]  # (T, 1, n/2)

@@ -15,18 +15,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mlplug.device import Node, TensorRef
+from mlplug.device import Node
 from mlplug_cpu.kernels import native
 from mlplug_cpu.kernels.movement import checked_ids
 from mlplug_cpu.kernels.quant import decode, load, raw, reshaped_view
 
 __all__ = ["KERNELS", "product"]
-
-
-def _src(node: Node, i: int) -> TensorRef:
-    ref = node.srcs[i]
-    assert ref is not None
-    return ref
 
 
 def _matmul_into(lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray) -> None:
@@ -63,7 +57,7 @@ def mulmat(node: Node) -> None:
     """``out[m, n, i2, i3] = Σ_k a[k, m, i2 // r2, i3 // r3] · b[k, n, i2, i3]``."""
     if node.out.n == 0:
         return
-    a, b = _src(node, 0), _src(node, 1)
+    a, b = node.operand(0), node.operand(1)
     if native.weight_product(a, b, node.out):
         return
     product(load(a), load(b), raw(node.out))
@@ -73,7 +67,7 @@ def mulmat_id(node: Node) -> None:
     """``out[:, e, t] = as_[:, :, ids[e, t]]ᵀ · b[:, e % n_b, t]``; only used experts decode."""
     if node.out.n == 0:
         return
-    experts_ref, b_ref, ids_ref = _src(node, 0), _src(node, 1), _src(node, 2)
+    experts_ref, b_ref, ids_ref = node.operand(0), node.operand(1), node.operand(2)
     ids = checked_ids(raw(ids_ref)[0, 0], experts_ref.ne[2], "mulmat_id")  # (T, n_used)
     b = load(b_ref)[0]  # (T, n_b, K)
     n_used = ids.shape[1]

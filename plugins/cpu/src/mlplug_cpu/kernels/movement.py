@@ -19,24 +19,18 @@ from mlplug_cpu.kernels.quant import copy_raw, decode, host_ref, load, np_shape,
 __all__ = ["KERNELS", "checked_ids", "last_writes"]
 
 
-def _src(node: Node, i: int = 0) -> TensorRef:
-    ref = node.srcs[i]
-    assert ref is not None
-    return ref
-
-
 def _view_op(node: Node) -> None:
     """Views share storage with their source: nothing to execute."""
 
 
 def contiguous(node: Node) -> None:
     """Packed copy of the receiver (``contiguous``, ``duplicate``)."""
-    copy_raw(_src(node), node.out)
+    copy_raw(node.operand(), node.out)
 
 
 def copy(node: Node) -> None:
     """Write the receiver's elements into the destination window in logical order."""
-    a = _src(node)
+    a = node.operand()
     if a.dtype == node.out.dtype:
         copy_raw(a, node.out)
     elif node.out.n:
@@ -45,7 +39,7 @@ def copy(node: Node) -> None:
 
 def set_(node: Node) -> None:
     """Packed copy of ``a`` with ``b`` written at a byte offset with the given strides."""
-    a, b = _src(node, 0), _src(node, 1)
+    a, b = node.operand(0), node.operand(1)
     out = node.out
     # The offset and strides address the *packed* result; work in scratch if out is not packed.
     packed = out if out.contiguous else host_ref(out.dtype, out.ne)
@@ -67,7 +61,7 @@ def pad(node: Node) -> None:
     """Zeros appended at the end of each dim."""
     if node.out.n == 0:
         return
-    a = _src(node)
+    a = node.operand()
     o = raw(node.out)
     o[...] = 0  # zero bits are the value 0 in every padded dtype (F32, F16, BF16, I32)
     if a.n:
@@ -98,7 +92,7 @@ def repeat(node: Node) -> None:
         return
     reps = [1, 1, 1, 1]
     reps[3 - int(node.params["dim"])] = int(node.params["n"])
-    np.copyto(raw(node.out), np.tile(raw(_src(node)), reps))
+    np.copyto(raw(node.out), np.tile(raw(node.operand()), reps))
 
 
 def checked_ids(ids: np.ndarray, axis_len: int, op: str) -> np.ndarray:
@@ -117,7 +111,7 @@ def rows(node: Node) -> None:
     """Gather: ``out[:, i, j, k] = a[:, ids[i, j, k], j, k]``, converted after gathering."""
     if node.out.n == 0:
         return
-    a, ids_ref = _src(node, 0), _src(node, 1)
+    a, ids_ref = node.operand(0), node.operand(1)
     table = raw(a)  # (a3, a2, a1, ne0) elements or (a3, a2, a1, blocks, S) bytes
     ids = checked_ids(raw(ids_ref)[0], a.ne[1], "rows")  # (a3, a2, n)
     i3 = np.arange(a.ne[3])[:, None, None]

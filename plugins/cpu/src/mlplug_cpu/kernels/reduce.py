@@ -10,17 +10,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mlplug.device import Node, TensorRef
+from mlplug.device import Node
 from mlplug_cpu.kernels.elementwise import tiled
 from mlplug_cpu.kernels.quant import commit, dest, load, raw, store
 
 __all__ = ["KERNELS"]
-
-
-def _src(node: Node, i: int = 0) -> TensorRef:
-    ref = node.srcs[i]
-    assert ref is not None
-    return ref
 
 
 def _mean(x: np.ndarray) -> np.ndarray:
@@ -37,7 +31,7 @@ def softmax(node: Node) -> None:
     """``exp(x - max) / Σ exp(x - max)`` per row."""
     if node.out.n == 0:
         return
-    x = load(_src(node))
+    x = load(node.operand())
     o = dest(node.out)
     np.subtract(x, x.max(axis=-1, keepdims=True), out=o)
     np.exp(o, out=o)
@@ -57,7 +51,7 @@ def layer_norm(node: Node) -> None:
     """``(x - μ) / sqrt(σ² + eps)``, then ``· w`` and ``+ b`` when given."""
     if node.out.n == 0:
         return
-    x = load(_src(node))
+    x = load(node.operand())
     o = dest(node.out)
     np.subtract(x, _mean(x), out=o)
     o /= np.sqrt(_mean(np.square(o)) + np.float32(node.params["eps"]))
@@ -69,7 +63,7 @@ def _rms(roles: tuple[int, ...]) -> Callable[[Node], None]:
     def kernel(node: Node) -> None:
         if node.out.n == 0:
             return
-        x = load(_src(node))
+        x = load(node.operand())
         o = dest(node.out)
         np.divide(x, np.sqrt(_mean(np.square(x)) + np.float32(node.params["eps"])), out=o)
         _affine(node, o, roles)
@@ -87,7 +81,7 @@ rms_norm_add = _rms((1, 2))
 
 def _per_row(f: Callable[[np.ndarray], np.ndarray]) -> Callable[[Node], None]:
     def kernel(node: Node) -> None:
-        store(node.out, f(load(_src(node))))
+        store(node.out, f(load(node.operand())))
 
     return kernel
 
@@ -96,7 +90,9 @@ def argsort(node: Node) -> None:
     """Indices sorting each row ascending (stable, so ties keep their order)."""
     if node.out.n == 0:
         return
-    np.copyto(raw(node.out), np.argsort(load(_src(node)), axis=-1, kind="stable"), casting="unsafe")
+    np.copyto(
+        raw(node.out), np.argsort(load(node.operand()), axis=-1, kind="stable"), casting="unsafe"
+    )
 
 
 def topk(node: Node) -> None:
@@ -108,7 +104,7 @@ def topk(node: Node) -> None:
     if node.out.n == 0:
         return
     k = int(node.params["k"])
-    neg = np.negative(load(_src(node)))
+    neg = np.negative(load(node.operand()))
     if k < neg.shape[-1]:
         part = np.argpartition(neg, k - 1, axis=-1)[..., :k]
         order = np.argsort(np.take_along_axis(neg, part, axis=-1), axis=-1, kind="stable")

@@ -15,26 +15,19 @@ from collections.abc import Callable
 
 import mlx.core as mx
 
-from mlplug.device import Node, TensorRef
+from mlplug.device import Node
 from mlplug_metal.kernels.quant import load, store
 
 __all__ = ["KERNELS", "scaled_dot_product_attention"]
-
-
-def _src(node: Node, i: int) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[{node.op}] operand {i} is missing")
-    return ref
 
 
 def scaled_dot_product_attention(node: Node) -> None:
     """Attention of ``query [Dk, H, T]`` over ``key [Dk, Hkv, L]`` and value."""
     if node.out.n == 0:
         return
-    q = load(_src(node, 0))[0]  # (T, H, Dk)
-    k = load(_src(node, 1))[0]  # (L, Hkv, Dk)
-    v = load(_src(node, 2))[0]  # (L, Hkv, Dv), or (Hkv, Dv, L) when permuted
+    q = load(node.operand(0))[0]  # (T, H, Dk)
+    k = load(node.operand(1))[0]  # (L, Hkv, Dk)
+    v = load(node.operand(2))[0]  # (L, Hkv, Dv), or (Hkv, Dv, L) when permuted
     mask_ref = node.srcs[3] if len(node.srcs) > 3 else None
     tokens = q.shape[0]
     queries = mx.transpose(q, (1, 0, 2))[None]  # (1, H, T, Dk)

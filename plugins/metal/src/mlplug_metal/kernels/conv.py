@@ -12,17 +12,10 @@ from typing import Any
 
 import mlx.core as mx
 
-from mlplug.device import Node, TensorRef
+from mlplug.device import Node
 from mlplug_metal.kernels.quant import load, store
 
 __all__ = ["KERNELS"]
-
-
-def _src(node: Node, i: int) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[{node.op}] operand {i} is missing")
-    return ref
 
 
 def _windows(
@@ -61,7 +54,7 @@ def im2col(node: Node) -> None:
     ow, oh = node.out.ne[1], node.out.ne[2]
     s, p, d = _conv(node.params)
     cols = _windows(
-        load(_src(node, 1)), int(node.params["kh"]), int(node.params["kw"]), oh, ow, s, p, d
+        load(node.operand(1)), int(node.params["kh"]), int(node.params["kw"]), oh, ow, s, p, d
     )
     n = cols.shape[0]
     cols = mx.transpose(cols, (0, 2, 3, 1, 4, 5))  # (N, OH, OW, C, KH, KW)
@@ -72,8 +65,8 @@ def conv_2d(node: Node) -> None:
     """Cross-correlation of ``input [W, H, IC, N]`` with ``kernel [KW, KH, IC, OC]``."""
     if node.out.n == 0:
         return
-    kernel = load(_src(node, 0))  # (OC, IC, KH, KW)
-    x = load(_src(node, 1))  # (N, IC, H, W)
+    kernel = load(node.operand(0))  # (OC, IC, KH, KW)
+    x = load(node.operand(1))  # (N, IC, H, W)
     s, p, d = _conv(node.params)
     y = mx.conv2d(
         mx.transpose(x, (0, 2, 3, 1)),
@@ -91,7 +84,7 @@ def avg_pool_2d(node: Node) -> None:
         return
     k, s, p = (int(node.params[key]) for key in ("k", "s", "p"))
     ow, oh = node.out.ne[0], node.out.ne[1]
-    x = load(_src(node, 0))  # (ne3, ne2, H, W)
+    x = load(node.operand(0))  # (ne3, ne2, H, W)
     windows = _windows(x, k, k, oh, ow, (s, s), (p, p), (1, 1))
     store(node.out, mx.sum(windows, axis=(-2, -1)) / float(k * k))
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import mlx.core as mx
 
-from mlplug.device import Node, TensorRef
+from mlplug.device import Node, tile_shapes
 from mlplug_metal.kernels.quant import load, store
 
 __all__ = ["KERNELS", "tiled"]
@@ -21,41 +21,19 @@ __all__ = ["KERNELS", "tiled"]
 Fn = Callable[[mx.array], mx.array]
 
 
-def _tile_shapes(
-    a_shape: tuple[int, ...], b_shape: tuple[int, ...]
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    sa: list[int] = []
-    sb: list[int] = []
-    for x, y in zip(a_shape, b_shape, strict=True):
-        if y in (x, 1):
-            sa.append(x)
-            sb.append(y)
-        else:
-            sa += [x // y, y]
-            sb += [1, y]
-    return tuple(sa), tuple(sb)
-
-
 def tiled(f: Callable[[mx.array, mx.array], mx.array], x: mx.array, y: mx.array) -> mx.array:
     """Return ``f(x, tile(y))`` (SEMANTICS §5.2); ``y``'s extents divide ``x``'s."""
-    sa, sb = _tile_shapes(tuple(x.shape), tuple(y.shape))
+    sa, sb = tile_shapes(tuple(x.shape), tuple(y.shape))
     if sa == tuple(x.shape):
         return f(x, y)
     return f(x.reshape(sa), y.reshape(sb)).reshape(x.shape)
-
-
-def _src(node: Node, i: int = 0) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[{node.op}] operand {i} is missing")
-    return ref
 
 
 def _binary(f: Callable[[mx.array, mx.array], mx.array]) -> Callable[[Node], None]:
     def kernel(node: Node) -> None:
         if node.out.n == 0:
             return
-        store(node.out, tiled(f, load(_src(node, 0)), load(_src(node, 1))))
+        store(node.out, tiled(f, load(node.operand(0)), load(node.operand(1))))
 
     return kernel
 
@@ -85,7 +63,7 @@ def _unary(f: Fn) -> Callable[[Node], None]:
     def kernel(node: Node) -> None:
         if node.out.n == 0:
             return
-        store(node.out, f(load(_src(node))))
+        store(node.out, f(load(node.operand())))
 
     return kernel
 
@@ -107,9 +85,9 @@ def _rope(node: Node) -> None:
     # (a·cos − b·sin, a·sin + b·cos); values past n_rot are copied.
     if node.out.n == 0:
         return
-    x = load(_src(node, 0))  # (1, T, H, D)
-    c = load(_src(node, 1))[0, 0][:, None, :]  # (T, 1, n/2)
-    s = load(_src(node, 2))[0, 0][:, None, :]
+    x = load(node.operand(0))  # (1, T, H, D)
+    c = load(node.operand(1))[0, 0][:, None, :]  # (T, 1, n/2)
+    s = load(node.operand(2))[0, 0][:, None, :]
     n = node.params["n_rot"]
     if node.params["mode"] == 0:
         xa, xb = x[..., 0:n:2], x[..., 1:n:2]

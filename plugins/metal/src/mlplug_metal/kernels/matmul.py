@@ -22,13 +22,6 @@ from mlplug_metal.kernels.quant import AffineWeight, DenseWeight, held, load, ra
 __all__ = ["KERNELS", "product"]
 
 
-def _src(node: Node, i: int) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[{node.op}] operand {i} is missing")
-    return ref
-
-
 def _affine(ref: TensorRef) -> AffineWeight | None:
     found = held(ref)
     if found is not None and found[1] and isinstance(found[0], AffineWeight):
@@ -76,14 +69,14 @@ def mulmat(node: Node) -> None:
     """``out[m, n, i2, i3] = Σ_k a[k, m, i2 // r2, i3 // r3] · b[k, n, i2, i3]``."""
     if node.out.n == 0:
         return
-    store(node.out, product(_src(node, 0), load(_src(node, 1))))
+    store(node.out, product(node.operand(0), load(node.operand(1))))
 
 
 def mulmat_id(node: Node) -> None:
     """``out[:, e, t] = as_[:, :, ids[e, t]]ᵀ · b[:, e % n_b, t]`` (expert ``ids[e, t]``)."""
     if node.out.n == 0:
         return
-    experts, b_ref, ids_ref = _src(node, 0), _src(node, 1), _src(node, 2)
+    experts, b_ref, ids_ref = node.operand(0), node.operand(1), node.operand(2)
     ids = clipped_ids(raw(ids_ref)[0, 0], experts.ne[2])  # (T, n_used)
     tokens, n_used = ids.shape
     b = load(b_ref)[0]  # (T, n_b, K)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import mlx.core as mx
 import numpy as np
 
-from mlplug.device import DType, Node, TensorRef
+from mlplug.device import DType, Node
 from mlplug_metal.kernels.quant import (
     AffineWeight,
     copy_raw,
@@ -31,25 +31,18 @@ from mlplug_metal.kernels.quant import (
 __all__ = ["KERNELS", "clipped_ids"]
 
 
-def _src(node: Node, i: int = 0) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[{node.op}] operand {i} is missing")
-    return ref
-
-
 def _view_op(node: Node) -> None:
     """Views share storage with their source: nothing to execute."""
 
 
 def contiguous(node: Node) -> None:
     """Packed copy of the receiver (``contiguous``, ``duplicate``)."""
-    copy_raw(_src(node), node.out)
+    copy_raw(node.operand(), node.out)
 
 
 def copy(node: Node) -> None:
     """Write the receiver's elements into the destination window in logical order."""
-    a = _src(node)
+    a = node.operand()
     if a.dtype == node.out.dtype:
         copy_raw(a, node.out)
     elif node.out.n:
@@ -58,7 +51,7 @@ def copy(node: Node) -> None:
 
 def set_(node: Node) -> None:
     """Packed copy of ``a`` with ``b`` written at a byte offset with the given strides."""
-    a, b = _src(node, 0), _src(node, 1)
+    a, b = node.operand(0), node.operand(1)
     out = node.out
     if out.n == 0:
         return
@@ -83,7 +76,7 @@ def pad(node: Node) -> None:
     """Zeros appended at the end of each dim (zero bits are 0 in every padded dtype)."""
     if node.out.n == 0:
         return
-    a = _src(node)
+    a = node.operand()
     if a.n == 0:
         store_raw(node.out, mx.zeros(np_shape(node.out), raw(a).dtype))
         return
@@ -105,7 +98,7 @@ def repeat(node: Node) -> None:
         return
     reps = [1, 1, 1, 1]
     reps[3 - int(node.params["dim"])] = int(node.params["n"])
-    store_raw(node.out, mx.tile(raw(_src(node)), reps))
+    store_raw(node.out, mx.tile(raw(node.operand()), reps))
 
 
 def clipped_ids(ids: mx.array, axis_len: int) -> mx.array:
@@ -121,7 +114,7 @@ def rows(node: Node) -> None:
     """Gather: ``out[:, i, j, k] = a[:, ids[i, j, k], j, k]``, converted after gathering."""
     if node.out.n == 0:
         return
-    a, ids_ref = _src(node, 0), _src(node, 1)
+    a, ids_ref = node.operand(0), node.operand(1)
     ids = clipped_ids(raw(ids_ref)[0], a.ne[1])  # (a3, a2, n)
     found = held(a)
     if found is not None and isinstance(found[0], AffineWeight):

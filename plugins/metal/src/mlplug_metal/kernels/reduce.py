@@ -10,22 +10,11 @@ from collections.abc import Callable
 
 import mlx.core as mx
 
-from mlplug.device import Node, TensorRef
+from mlplug.device import Node
 from mlplug_metal.kernels.elementwise import tiled
 from mlplug_metal.kernels.quant import load, store, store_raw
 
 __all__ = ["KERNELS"]
-
-
-def _src(node: Node, i: int = 0) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[{node.op}] operand {i} is missing")
-    return ref
-
-
-def _optional(node: Node, i: int) -> TensorRef | None:
-    return node.srcs[i] if i < len(node.srcs) else None
 
 
 def _mean(x: mx.array) -> mx.array:
@@ -41,13 +30,13 @@ def softmax(node: Node) -> None:
     """``exp(x - max) / Σ exp(x - max)`` per row."""
     if node.out.n == 0:
         return
-    store(node.out, mx.softmax(load(_src(node)), axis=-1, precise=True))
+    store(node.out, mx.softmax(load(node.operand()), axis=-1, precise=True))
 
 
 def _affine(node: Node, y: mx.array, roles: tuple[int, ...]) -> mx.array:
     # Optional weight (·) and bias (+), each tiled over the result (SEMANTICS §5.5).
     for i, f in zip(roles, (mx.multiply, mx.add), strict=False):
-        ref = _optional(node, i)
+        ref = node.optional(i)
         if ref is not None:
             y = tiled(f, y, load(ref))
     return y
@@ -57,7 +46,7 @@ def layer_norm(node: Node) -> None:
     """``(x - μ) / sqrt(σ² + eps)``, then ``· w`` and ``+ b`` when given."""
     if node.out.n == 0:
         return
-    x = load(_src(node))
+    x = load(node.operand())
     centred = x - _mean(x)
     y = centred / mx.sqrt(_mean(mx.square(centred)) + float(node.params["eps"]))
     store(node.out, _affine(node, y, (1, 2)))
@@ -67,7 +56,7 @@ def _rms(roles: tuple[int, ...]) -> Callable[[Node], None]:
     def kernel(node: Node) -> None:
         if node.out.n == 0:
             return
-        x = load(_src(node))
+        x = load(node.operand())
         y = x / mx.sqrt(_mean(mx.square(x)) + float(node.params["eps"]))
         store(node.out, _affine(node, y, roles))
 
@@ -85,7 +74,7 @@ def _per_row(f: Callable[[mx.array], mx.array]) -> Callable[[Node], None]:
     def kernel(node: Node) -> None:
         if node.out.n == 0:
             return
-        store(node.out, f(load(_src(node))))
+        store(node.out, f(load(node.operand())))
 
     return kernel
 
@@ -94,7 +83,7 @@ def argsort(node: Node) -> None:
     """Indices sorting each row ascending."""
     if node.out.n == 0:
         return
-    store_raw(node.out, mx.argsort(load(_src(node)), axis=-1).astype(mx.int32))
+    store_raw(node.out, mx.argsort(load(node.operand()), axis=-1).astype(mx.int32))
 
 
 def topk(node: Node) -> None:
@@ -105,7 +94,7 @@ def topk(node: Node) -> None:
     if node.out.n == 0:
         return
     k = int(node.params["k"])
-    order = mx.argsort(-load(_src(node)), axis=-1)[..., :k]
+    order = mx.argsort(-load(node.operand()), axis=-1)[..., :k]
     store_raw(node.out, order.astype(mx.int32))
 
 
