@@ -1,4 +1,4 @@
-"""The plugin kit in mlplug.device: Node operand helpers, tile shapes, the capped allocator."""
+"""The plugin kit in mlplug.device: Node operand helpers, tile shapes, allocator and buffers."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from mlplug.device import (
     CappedAllocator,
     DeviceOutOfMemory,
     DType,
+    HostBuffer,
     Node,
     Release,
     TensorRef,
+    env_size,
+    host_memory,
     tile_shapes,
 )
 
@@ -136,3 +139,47 @@ def test_close_buffers_frees_what_is_live_and_release_holds_the_device_weakly() 
     del dev
     gc.collect()
     orphan.free()  # the device is gone: nothing to give back to, no error
+
+
+def test_host_memory_and_env_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    total, available = host_memory()
+    assert total > 0 and 0 < available <= total
+    monkeypatch.setenv("MLPLUG_TEST_LIMIT", " 2KiB ")
+    assert env_size("MLPLUG_TEST_LIMIT") == 2048
+    monkeypatch.setenv("MLPLUG_TEST_LIMIT", "")
+    assert env_size("MLPLUG_TEST_LIMIT") is None
+    monkeypatch.setenv("MLPLUG_TEST_LIMIT", "lots")
+    with pytest.raises(ValueError, match=r"^MLPLUG_TEST_LIMIT='lots': not a memory size"):
+        env_size("MLPLUG_TEST_LIMIT")
+
+
+class _HostDevice(CappedAllocator[HostBuffer]):
+    __slots__ = ("name",)
+
+    def __init__(self, memory_limit: int | None = None) -> None:
+        self.name = "HOST"
+        super().__init__(memory_limit)
+
+    def _alloc(self, nbytes: int, release: Release) -> HostBuffer:
+        return HostBuffer(self.name, bytearray(nbytes), release)
+
+
+def test_host_buffer_reads_writes_checks_and_gives_back_once() -> None:
+    dev = _HostDevice(memory_limit=64)
+    buf = dev.alloc(16)
+    buf.write(4, b"abcd")
+    buf.write(8, memoryview(b"\x01\x02"))
+    assert buf.read(3, 6) == b"\x00abcd\x01"
+    with pytest.raises(ValueError, match=r"^\[HOST\] bytes \[14, 18\) outside a 16-byte buffer"):
+        buf.write(14, b"wxyz")
+    with pytest.raises(ValueError, match="outside"):
+        buf.read(-1, 2)
+    assert dev.allocated == 16 and buf.alive
+    buf.free()
+    buf.free()
+    assert dev.allocated == 0 and not buf.alive
+    with pytest.raises(ValueError, match=r"^\[HOST\] buffer used after free\(\)"):
+        buf.read(0, 1)
+    dev.alloc(64)  # collected without free(): the finalizer gives the bytes back
+    gc.collect()
+    assert dev.allocated == 0

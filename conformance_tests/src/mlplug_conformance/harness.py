@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mlplug.device import OPS, Device, DType, Meta, Node, TensorRef, contiguous_strides
+from mlplug.ops import Result
 from mlplug_conformance import convert
 
 __all__ = ["Harness", "decode", "encode", "full_ne"]
@@ -91,24 +92,38 @@ class Harness:
             ref.buffer.write(0, data)
         return ref
 
-    def out_for(
-        self, op: str, srcs: Sequence[TensorRef | None], **params: Any
-    ) -> tuple[TensorRef, dict[str, Any]]:
-        """Infer the output with the ops table and allocate it (as the engine would)."""
+    @staticmethod
+    def _infer(op: str, srcs: Sequence[TensorRef | None], params: dict[str, Any]) -> Result:
         metas = [
             None
             if s is None
             else Meta(s.ne, s.nb, s.dtype, s.offset, s.buffer.nbytes if s.buffer else 0)
             for s in srcs
         ]
-        result = OPS[op].infer(metas, dict(params))
+        return OPS[op].infer(metas, params)
+
+    def out_for(
+        self, op: str, srcs: Sequence[TensorRef | None], **params: Any
+    ) -> tuple[TensorRef, dict[str, Any]]:
+        """Infer the output with the ops table and allocate it (as the engine would)."""
+        result = self._infer(op, srcs, params)
         meta = result.meta
         buf = self.device.alloc(max(meta.storage, 1))
         return TensorRef(buf, 0, meta.ne, meta.nb, meta.dtype), dict(result.params)
 
     def run(self, op: str, *srcs: TensorRef | None, **params: Any) -> TensorRef:
-        """Run ``op`` on ``srcs`` with ``params`` and return its output ref (synchronised)."""
-        out, normalised = self.out_for(op, srcs, **params)
+        """Run ``op`` on ``srcs`` with ``params`` and return its output ref (synchronised).
+
+        A ``copy`` writes into its destination ``srcs[1]`` (a window of an existing buffer), as
+        the engine runs it; every other op gets a fresh output buffer.
+        """
+        if OPS[op].kind == "copy":
+            dst = srcs[1]
+            if dst is None:
+                raise ValueError("[harness] copy needs a destination ref")
+            out, normalised = dst, dict(self._infer(op, srcs, params).params)
+        else:
+            out, normalised = self.out_for(op, srcs, **params)
         self.device.execute([Node(op, out, tuple(srcs), normalised)])
         self.device.synchronize()
         return out

@@ -28,6 +28,7 @@ destination). View ops (``reshape``, ``view``, ``permute``) never reach a device
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import weakref
@@ -50,6 +51,7 @@ __all__ = [
     "INT",
     "OPS",
     "WEIGHT",
+    "AccountedBuffer",
     "BackendParams",
     "Buffer",
     "CacheConfig",
@@ -58,6 +60,7 @@ __all__ = [
     "Device",
     "DeviceOutOfMemory",
     "EnginePlugin",
+    "HostBuffer",
     "Meta",
     "Node",
     "OpDef",
@@ -71,7 +74,9 @@ __all__ = [
     "TensorRef",
     "category",
     "contiguous_strides",
+    "env_size",
     "hookimpl",
+    "host_memory",
     "is_contiguous",
     "parse_size",
     "tile_shapes",
@@ -389,6 +394,36 @@ def tile_shapes(
     return tuple(sa), tuple(sb)
 
 
+def _meminfo(key: str) -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name == key:
+                    return int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _sysconf_bytes(pages: str) -> int:
+    try:
+        return int(os.sysconf(pages)) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def host_memory() -> tuple[int, int]:
+    """Return the host's ``(total, available)`` memory in bytes.
+
+    Linux's ``/proc/meminfo`` (``MemTotal``, ``MemAvailable``: what can be allocated without
+    swapping) when it is there, else the ``sysconf`` page counts; ``available`` is ``total``
+    where the OS does not say (macOS has no ``SC_AVPHYS_PAGES``), 0 both when nothing does.
+    """
+    total = _meminfo("MemTotal") or _sysconf_bytes("SC_PHYS_PAGES")
+    return total, _meminfo("MemAvailable") or _sysconf_bytes("SC_AVPHYS_PAGES") or total
+
+
 class Release:
     """Gives one buffer's bytes back to its :class:`CappedAllocator`, once.
 
@@ -409,6 +444,77 @@ class Release:
             device._give_back(self.nbytes)
 
 
+class AccountedBuffer:
+    """Base for the buffers of a :class:`CappedAllocator`: range checks and the bytes given back.
+
+    The device's ``_alloc(nbytes, release)`` passes ``release`` on; the buffer calls it once,
+    on :meth:`free` or when it is garbage collected unfreed (``weakref.finalize``). A subclass
+    implements ``write`` and ``read`` (calling :meth:`check` first) and may override
+    ``_drop()`` to let go of its storage when freed.
+    """
+
+    __slots__ = ("__weakref__", "_finalizer", "name", "nbytes")
+
+    def __init__(self, name: str, nbytes: int, release: Release) -> None:
+        self.name = name
+        self.nbytes = nbytes
+        self._finalizer = weakref.finalize(self, release)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the buffer has not been freed."""
+        return self._finalizer.alive
+
+    def check(self, offset: int, n: int) -> None:
+        """Raise ``ValueError`` if the buffer was freed or ``[offset, offset + n)`` is outside."""
+        if not self._finalizer.alive:
+            raise ValueError(f"[{self.name}] buffer used after free()")
+        if offset < 0 or n < 0 or offset + n > self.nbytes:
+            raise ValueError(
+                f"[{self.name}] bytes [{offset}, {offset + n}) outside a {self.nbytes}-byte buffer"
+            )
+
+    def free(self) -> None:
+        """Give the bytes back to the device and drop the storage. Idempotent."""
+        self._finalizer()
+        self._drop()
+
+    def _drop(self) -> None:
+        """Let go of the storage (after :meth:`free`)."""
+
+
+class HostBuffer(AccountedBuffer):
+    """A buffer in host memory: :attr:`data` is a writable byte array (a numpy ``uint8`` array,
+    a ``bytearray``) that the device's kernels view; ``write``/``read`` copy through it and
+    ``host_view`` lends it to the loader (:class:`SupportsHostView`)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, name: str, data: Any, release: Release) -> None:
+        super().__init__(name, memoryview(data).nbytes, release)
+        self.data = data
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Copy host bytes into the buffer at ``offset``."""
+        src = memoryview(data).cast("B")
+        self.check(offset, src.nbytes)
+        memoryview(self.data).cast("B")[offset : offset + src.nbytes] = src
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Return ``n`` bytes starting at ``offset``."""
+        self.check(offset, n)
+        return bytes(memoryview(self.data).cast("B")[offset : offset + n])
+
+    def host_view(self, offset: int, n: int) -> memoryview:
+        """Return ``n`` writable bytes from ``offset`` (:class:`SupportsHostView`: the loader
+        reads weights straight into it)."""
+        self.check(offset, n)
+        return memoryview(self.data).cast("B")[offset : offset + n]
+
+    def _drop(self) -> None:
+        self.data = bytearray()
+
+
 BufferT = TypeVar("BufferT", bound=Buffer)
 
 
@@ -422,7 +528,8 @@ class CappedAllocator(Generic[BufferT]):
     * ``_alloc(nbytes, release) -> Buffer``: make a buffer of ``nbytes`` that calls
       ``release()`` when it is freed (and, with ``weakref.finalize``, when it is collected
       unfreed); raise ``MemoryError`` when the memory is not there.
-    * ``_hardware_memory() -> (total, free)``: the device's memory without a cap.
+    * ``_hardware_memory() -> (total, free)``: the device's memory without a cap; the default
+      is the host's (:func:`host_memory`), right for devices that compute in host memory.
 
     ``alloc`` refuses with :class:`DeviceOutOfMemory` past the cap; a device whose library takes
     memory lazily (MLX) sets ``hardware_bound = True`` to refuse past the hardware's free memory
@@ -446,7 +553,7 @@ class CappedAllocator(Generic[BufferT]):
         raise NotImplementedError
 
     def _hardware_memory(self) -> tuple[int, int]:
-        raise NotImplementedError
+        return host_memory()
 
     @property
     def memory_limit(self) -> int | None:
@@ -554,3 +661,18 @@ def parse_size(text: str) -> int:
     if unit not in _UNITS:
         raise ValueError(f"not a memory size: {text!r} (unknown unit)")
     return int(float(number) * _UNITS[unit])
+
+
+def env_size(variable: str) -> int | None:
+    """Return the memory size in environment variable ``variable`` (``None`` when unset or empty).
+
+    Raises:
+        ValueError: The value is not a size (:func:`parse_size`); the message names the variable.
+    """
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise ValueError(f"{variable}={text!r}: {err}") from err

@@ -7,7 +7,7 @@ protocol): memory (``alloc`` returning :class:`ExampleBuffer`, ``total_memory``,
 the engine's job.
 
 The memory books come from :class:`mlplug.device.CappedAllocator`: the device only says how to
-make a buffer (``_alloc``) and how much memory the machine has (``_hardware_memory``).
+make a buffer (``_alloc``); without a cap, total and free memory are the host's.
 ``MLPLUG_EXAMPLE_MEMORY_LIMIT=SIZE`` caps the bytes allocated and not yet freed; past the cap
 ``alloc`` raises :class:`~mlplug.device.DeviceOutOfMemory`, which the engine turns into the
 user's ``ErrNoMem`` with a memory report.
@@ -15,11 +15,10 @@ user's ``ErrNoMem`` with a memory report.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
-from mlplug.device import CappedAllocator, Node, Release, parse_size
+from mlplug.device import CappedAllocator, HostBuffer, Node, Release, env_size
 
 from mlplug_example.kernels import KERNELS
 from mlplug_example.plugin import ENV_MEMORY_LIMIT
@@ -27,46 +26,21 @@ from mlplug_example.plugin import ENV_MEMORY_LIMIT
 __all__ = ["ExampleBuffer", "ExampleDevice"]
 
 
-class ExampleBuffer:
-    """A block of device memory: a numpy ``uint8`` array (:attr:`data`) the kernels view."""
+class ExampleBuffer(HostBuffer):
+    """A block of device memory: a numpy ``uint8`` array (:attr:`data`) the kernels view.
 
-    __slots__ = ("__weakref__", "_release", "data", "nbytes")
+    ``write``, ``read``, range checks and ``free`` (giving the bytes back to the device once)
+    come from :class:`mlplug.device.HostBuffer`.
+    """
+
+    __slots__ = ()
+    data: np.ndarray
 
     def __init__(self, nbytes: int, release: Release) -> None:
-        self._release: Release | None = release  # gives the bytes back to the device, once
-        self.data = np.zeros(nbytes, np.uint8)
-        self.nbytes = nbytes
+        super().__init__("example", np.zeros(nbytes, np.uint8), release)
 
-    def _check(self, offset: int, n: int) -> None:
-        if self._release is None:
-            raise ValueError("[example] buffer used after free()")
-        if offset < 0 or n < 0 or offset + n > self.nbytes:
-            raise ValueError(f"[example] bytes [{offset}, {offset + n}) outside {self.nbytes}")
-
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Copy host bytes into the buffer at ``offset``."""
-        src = np.frombuffer(memoryview(data).cast("B"), np.uint8)
-        self._check(offset, src.size)
-        self.data[offset : offset + src.size] = src
-
-    def read(self, offset: int, n: int) -> bytes:
-        """Return ``n`` bytes starting at ``offset`` (execution is synchronous: nothing to wait)."""
-        self._check(offset, n)
-        return self.data[offset : offset + n].tobytes()
-
-    def free(self) -> None:
-        """Give the memory back to the device. Idempotent."""
-        if self._release is not None:
-            self._release()
-            self._release = None
-            self.data = np.zeros(0, np.uint8)
-
-
-def _system_memory(pages: str) -> int:
-    try:
-        return int(os.sysconf(pages)) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (OSError, ValueError):
-        return 0
+    def _drop(self) -> None:
+        self.data = np.zeros(0, np.uint8)
 
 
 class ExampleDevice(CappedAllocator[ExampleBuffer]):
@@ -90,11 +64,7 @@ class ExampleDevice(CappedAllocator[ExampleBuffer]):
     @classmethod
     def from_env(cls) -> ExampleDevice:
         """Return the device with the cap that ``MLPLUG_EXAMPLE_MEMORY_LIMIT`` asks for."""
-        text = os.environ.get(ENV_MEMORY_LIMIT, "").strip()
-        try:
-            return cls(parse_size(text) if text else None)
-        except ValueError as err:
-            raise ValueError(f"{ENV_MEMORY_LIMIT}={text!r}: {err}") from err
+        return cls(env_size(ENV_MEMORY_LIMIT))
 
     def __repr__(self) -> str:
         return f"ExampleDevice(limit={self.memory_limit}, allocated={self.allocated})"
@@ -103,9 +73,6 @@ class ExampleDevice(CappedAllocator[ExampleBuffer]):
 
     def _alloc(self, nbytes: int, release: Release) -> ExampleBuffer:
         return ExampleBuffer(nbytes, release)
-
-    def _hardware_memory(self) -> tuple[int, int]:
-        return _system_memory("SC_PHYS_PAGES"), _system_memory("SC_AVPHYS_PAGES")
 
     # -- execution ------------------------------------------------------------------------------
 

@@ -17,14 +17,21 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from mlplug.device import BackendParams, CappedAllocator, Node, Release, parse_size
+from mlplug.device import (
+    BackendParams,
+    CappedAllocator,
+    HostBuffer,
+    Node,
+    Release,
+    env_size,
+    parse_size,
+)
 from mlplug_cpu.kernels import KERNELS, native
 
 __all__ = [
@@ -42,71 +49,27 @@ ENV_SIMULATED_GPUS = "MLPLUG_CPU_SIMULATED_GPUS"
 ALIGNMENT = 32
 
 
-class CpuBuffer:
-    """A block of host memory: a 32-byte aligned numpy ``uint8`` array (:attr:`data`)."""
+class CpuBuffer(HostBuffer):
+    """A block of host memory: a 32-byte aligned numpy ``uint8`` array (:attr:`data`).
 
-    __slots__ = ("__weakref__", "_release", "data", "nbytes")
+    Reading, writing, range checks and giving the bytes back once (on ``free()`` or when
+    collected unfreed) come from :class:`~mlplug.device.HostBuffer`.
+    """
 
-    def __init__(self, nbytes: int, release: Release) -> None:
+    __slots__ = ()
+    data: np.ndarray
+
+    def __init__(self, name: str, nbytes: int, release: Release) -> None:
         # Over-allocate by the alignment and start at the first aligned byte.
         try:
             base = np.zeros(nbytes + ALIGNMENT, np.uint8)
         except ValueError as err:  # past numpy's largest array: out of memory all the same
             raise MemoryError(str(err)) from err
         start = -base.ctypes.data % ALIGNMENT
-        self.data: np.ndarray = base[start : start + nbytes]
-        self.nbytes = nbytes
-        # Gives the bytes back to the device once: on free(), or when the buffer is collected
-        # without having been freed.
-        self._release = weakref.finalize(self, release)
+        super().__init__(name, base[start : start + nbytes], release)
 
-    def _check(self, offset: int, n: int) -> None:
-        if not self._release.alive:
-            raise ValueError("[cpu] buffer used after free()")
-        if offset < 0 or n < 0 or offset + n > self.nbytes:
-            raise ValueError(
-                f"[cpu] bytes [{offset}, {offset + n}) outside a {self.nbytes}-byte buffer"
-            )
-
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Copy host bytes into the buffer at ``offset``."""
-        src = np.frombuffer(memoryview(data).cast("B"), np.uint8)
-        self._check(offset, src.size)
-        self.data[offset : offset + src.size] = src
-
-    def read(self, offset: int, n: int) -> bytes:
-        """Return ``n`` bytes starting at ``offset``."""
-        self._check(offset, n)
-        return self.data[offset : offset + n].tobytes()
-
-    def host_view(self, offset: int, n: int) -> memoryview:
-        """Return ``n`` writable bytes from ``offset`` (the loader reads weights into it)."""
-        self._check(offset, n)
-        return memoryview(self.data[offset : offset + n])  # type: ignore[arg-type]  # ndarray is a buffer
-
-    def free(self) -> None:
-        """Return the memory to the device's budget. Idempotent."""
-        self._release()
+    def _drop(self) -> None:
         self.data = np.zeros(0, np.uint8)
-
-
-def _meminfo(key: str) -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                name, _, rest = line.partition(":")
-                if name == key:
-                    return int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _sysconf_bytes(pages: str) -> int:
-    try:
-        return int(os.sysconf(pages)) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (OSError, ValueError):
-        return 0
 
 
 class CpuDevice(CappedAllocator[CpuBuffer]):
@@ -146,12 +109,8 @@ class CpuDevice(CappedAllocator[CpuBuffer]):
 
     # -- memory (accounting and cap: CappedAllocator) ------------------------------------------
 
-    def _hardware_memory(self) -> tuple[int, int]:
-        total = _meminfo("MemTotal") or _sysconf_bytes("SC_PHYS_PAGES")
-        return total, _meminfo("MemAvailable") or _sysconf_bytes("SC_AVPHYS_PAGES")
-
     def _alloc(self, nbytes: int, release: Release) -> CpuBuffer:
-        return CpuBuffer(nbytes, release)
+        return CpuBuffer(self.name, nbytes, release)
 
     # -- execution ------------------------------------------------------------------------------
 
@@ -213,16 +172,6 @@ def _thread_limit(num_threads: int) -> Iterator[None]:
         yield
 
 
-def _env_size(variable: str) -> int | None:
-    text = os.environ.get(variable, "").strip()
-    if not text:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as err:
-        raise ValueError(f"{variable}={text!r}: {err}") from err
-
-
 def simulated_gpus_from_env() -> tuple[int, int]:
     """Return ``(count, cap)`` from ``MLPLUG_CPU_SIMULATED_GPUS`` (``(0, 0)`` when unset).
 
@@ -246,7 +195,7 @@ def load(params: BackendParams) -> list[CpuDevice]:
     count, cap = simulated_gpus_from_env()
     threads = params.num_threads
     native.configure_from_env()
-    cpu = CpuDevice(memory_limit=_env_size(ENV_MEMORY_LIMIT), num_threads=threads)
+    cpu = CpuDevice(memory_limit=env_size(ENV_MEMORY_LIMIT), num_threads=threads)
     sims = [
         CpuDevice(name=f"SIM{i}", id=f"sim-{i}", kind="gpu", memory_limit=cap, num_threads=threads)
         for i in range(count)

@@ -31,13 +31,14 @@ node, so it was not taken.
 from __future__ import annotations
 
 import bisect
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import mlx.core as mx
 import numpy as np
+
+from mlplug.device import AccountedBuffer, Release
 
 __all__ = ["HeldWeight", "MlxBuffer"]
 
@@ -64,8 +65,11 @@ class _Segment:
         return self.held.gguf_bytes()
 
 
-class MlxBuffer:
+class MlxBuffer(AccountedBuffer):
     """A block of device memory made of MLX arrays (see the module docstring).
+
+    Range checks and giving the bytes back once (on ``free()`` or when collected unfreed) come
+    from :class:`~mlplug.device.AccountedBuffer`.
 
     Args:
         device_name: For error messages.
@@ -75,21 +79,19 @@ class MlxBuffer:
         on_change: Called with each array a write creates (the device evaluates them).
     """
 
-    __slots__ = ("__weakref__", "_on_change", "_release", "_segments", "_starts", "name", "nbytes")
+    __slots__ = ("_on_change", "_segments", "_starts")
 
     def __init__(
         self,
         device_name: str,
         nbytes: int,
-        release: Callable[[], None],
+        release: Release,
         on_change: Callable[[mx.array], None],
     ) -> None:
-        self.name = device_name
-        self.nbytes = nbytes
+        super().__init__(device_name, nbytes, release)
         self._segments: list[_Segment] = []
         self._starts: list[int] = []
         self._on_change = on_change
-        self._release = weakref.finalize(self, release)
 
     def __repr__(self) -> str:
         return f"MlxBuffer({self.nbytes} bytes, {len(self._segments)} segments)"
@@ -99,37 +101,23 @@ class MlxBuffer:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Copy host bytes into the buffer at ``offset``."""
         src = np.frombuffer(memoryview(data).cast("B"), np.uint8)
-        self._check(offset, src.size)
+        self.check(offset, src.size)
         if src.size:
             self.put(offset, mx.array(src))
 
     def read(self, offset: int, n: int) -> bytes:
         """Return ``n`` bytes starting at ``offset`` (evaluating what produces them)."""
-        self._check(offset, n)
+        self.check(offset, n)
         if n == 0:
             return b""
         return np.asarray(self.window(offset, offset + n)).tobytes()
 
-    def free(self) -> None:
-        """Drop every segment and return the bytes to the device's budget. Idempotent."""
-        self._release()
+    def _drop(self) -> None:
+        """Drop every segment (``free()``: the bytes went back to the device's budget)."""
         self._segments.clear()
         self._starts.clear()
 
     # -- what kernels use -------------------------------------------------------------------
-
-    @property
-    def alive(self) -> bool:
-        """Whether the buffer has not been freed."""
-        return self._release.alive
-
-    def _check(self, offset: int, n: int) -> None:
-        if not self._release.alive:
-            raise ValueError(f"[{self.name}] buffer used after free()")
-        if offset < 0 or n < 0 or offset + n > self.nbytes:
-            raise ValueError(
-                f"[{self.name}] bytes [{offset}, {offset + n}) outside a {self.nbytes}-byte buffer"
-            )
 
     def _overlapping(self, lo: int, hi: int) -> tuple[int, int]:
         """Return the index range of the segments that intersect ``[lo, hi)``."""
@@ -150,7 +138,7 @@ class MlxBuffer:
 
     def window(self, lo: int, hi: int) -> mx.array:
         """Return the bytes ``[lo, hi)`` as a flat ``uint8`` array (lazy)."""
-        self._check(lo, hi - lo)
+        self.check(lo, hi - lo)
         i, j = self._overlapping(lo, hi)
         if j - i == 1:
             seg = self._segments[i]
@@ -177,7 +165,7 @@ class MlxBuffer:
     def put(self, lo: int, data: mx.array) -> None:
         """Store the flat ``uint8`` array ``data`` at ``[lo, lo + data.size)``."""
         hi = lo + data.size
-        self._check(lo, data.size)
+        self.check(lo, data.size)
         if len(self._segments) == 1:
             seg = self._segments[0]
             if (
@@ -195,7 +183,7 @@ class MlxBuffer:
 
     def put_held(self, lo: int, hi: int, held: HeldWeight) -> None:
         """Store a weight in the device's form; it stands for the bytes ``[lo, hi)``."""
-        self._check(lo, hi - lo)
+        self.check(lo, hi - lo)
         self._replace(lo, hi, [_Segment(lo, hi, None, held)])
 
     def _replace(self, lo: int, hi: int, new: list[_Segment]) -> None:

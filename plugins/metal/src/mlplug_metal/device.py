@@ -21,7 +21,6 @@ else (exact ``rows``, copies and reads); F32/F16/BF16/integer weights are stored
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import mlx.core as mx
@@ -36,7 +35,8 @@ from mlplug.device import (
     Node,
     Release,
     TensorRef,
-    parse_size,
+    env_size,
+    host_memory,
 )
 from mlplug_cpu.device import load as load_cpu
 from mlplug_metal.buffer import MlxBuffer
@@ -53,24 +53,6 @@ _FLASH = CacheConfig(cache_padding=32, permuted_v=False, mask_dtype=DType.F16, m
 _NO_FLASH = CacheConfig(
     cache_padding=32, permuted_v=True, mask_dtype=DType.OTHER, mask_batch_padding=0
 )
-
-
-def _system_memory() -> tuple[int, int]:
-    """Return ``(total, available)`` bytes of host memory (available = total if unknown)."""
-    try:
-        page = int(os.sysconf("SC_PAGE_SIZE"))
-        total = int(os.sysconf("SC_PHYS_PAGES")) * page
-    except (OSError, ValueError):
-        return 0, 0
-    available = total
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return total, available
 
 
 class MlxDevice(CappedAllocator[MlxBuffer]):
@@ -129,13 +111,13 @@ class MlxDevice(CappedAllocator[MlxBuffer]):
             size = info.get("max_recommended_working_set_size") or info.get("memory_size")
             if isinstance(size, int) and size > 0:
                 return size
-        return _system_memory()[0]
+        return host_memory()[0]
 
     def _hardware_memory(self) -> tuple[int, int]:
         total = self._device_memory()
         left = max(0, total - self.allocated)
         if self.mx_device == mx.cpu:
-            left = min(left, _system_memory()[1])
+            left = min(left, host_memory()[1])
         return total, left
 
     def _alloc(self, nbytes: int, release: Release) -> MlxBuffer:
@@ -232,16 +214,6 @@ class MlxDevice(CappedAllocator[MlxBuffer]):
         self.set_memory_limit(None)
 
 
-def _env_size(variable: str) -> int | None:
-    text = os.environ.get(variable, "").strip()
-    if not text:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as err:
-        raise ValueError(f"{variable}={text!r}: {err}") from err
-
-
 def load(params: BackendParams) -> list[Device]:
     """Return the host CPU device (``mlplug-cpu``), then the MLX device ``Metal``.
 
@@ -255,7 +227,5 @@ def load(params: BackendParams) -> list[Device]:
             "run on MLX's CPU device)"
         )
     cpu = load_cpu(params)[0]
-    metal = MlxDevice(
-        mx.gpu if where == "gpu" else mx.cpu, memory_limit=_env_size(ENV_MEMORY_LIMIT)
-    )
+    metal = MlxDevice(mx.gpu if where == "gpu" else mx.cpu, memory_limit=env_size(ENV_MEMORY_LIMIT))
     return [cpu, metal]
