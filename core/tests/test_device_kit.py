@@ -13,6 +13,7 @@ from mlplug.device import (
     HostBuffer,
     Node,
     Release,
+    SupportsHostView,
     TensorRef,
     env_size,
     host_memory,
@@ -170,6 +171,10 @@ def test_host_buffer_reads_writes_checks_and_gives_back_once() -> None:
     buf.write(4, b"abcd")
     buf.write(8, memoryview(b"\x01\x02"))
     assert buf.read(3, 6) == b"\x00abcd\x01"
+    view = buf.host_view(12, 4)
+    view[:] = b"WXYZ"  # the loader reads file bytes straight into this view
+    assert buf.read(12, 4) == b"WXYZ"
+    assert isinstance(buf, SupportsHostView)
     with pytest.raises(ValueError, match=r"^\[HOST\] bytes \[14, 18\) outside a 16-byte buffer"):
         buf.write(14, b"wxyz")
     with pytest.raises(ValueError, match="outside"):
