@@ -15,6 +15,7 @@ import pytest
 import mlplug
 from mlplug.device import TensorRef
 from mlplug.models.llama import Batch, Llama
+from mlplug_cpu.kernels import native
 from mlplug_cuda.kernels import mmvq
 
 
@@ -40,7 +41,14 @@ def test_demo_model_logits_match_cpu(emulate: pytest.MonkeyPatch, flash: bool) -
     emulate.setattr(mmvq, "usable", lambda a, b: False)
     path = Path(str(resources.files("mlplug") / "data" / "demo.gguf"))
     cuda = logits_on("cuda", path, flash)
-    cpu = logits_on("cpu", path, flash)
+    # The reference: the cpu plugin's exact F32 products (its native kernels multiply with
+    # 8-bit activations, which would measure the cpu plugin's rounding instead).
+    emulate.setenv("MLPLUG_CPU_NATIVE", "0")  # read by the cpu plugin's load()
+    try:
+        cpu = logits_on("cpu", path, flash)
+    finally:
+        emulate.delenv("MLPLUG_CPU_NATIVE")
+        native.configure_from_env()
     for g, c in zip(cuda, cpu, strict=True):
         # Measured: 0.9-1.1e-3 of the logit range (F16 rounding of activations in the GEMMs).
         assert np.abs(g - c).max() <= 3e-3 * np.abs(c).max()
