@@ -176,7 +176,7 @@ def rms_norm(node: Node) -> None:
     x = values(node.operand(0))
     eps = np.float32(node.params["eps"])
     y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
-    w = node.srcs[1]
+    w = node.optional(1)
     if w is not None:
         y = y * tile(values(w), y.shape)
     store(node.out, y)

@@ -74,7 +74,7 @@ def scaled_dot_product_attention(node: Node) -> None:
     """
     if node.out.n == 0:
         return
-    mask_ref = node.srcs[3] if len(node.srcs) > 3 else None
+    mask_ref = node.optional(3)
     if _native(node, (node.operand(0), node.operand(1), node.operand(2), mask_ref)):
         return
     out = raw(node.out)[0]  # (T, H, Dv)

@@ -131,7 +131,7 @@ def last_writes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def set_rows(node: Node) -> None:
     """Scatter: ``dst[:, ids[r], j, k] = a[:, r, j, k]`` (converted), a later row winning."""
-    a, ids_ref = _src(node, 0), _src(node, 2)
+    a, ids_ref = node.operand(0), node.operand(2)
     out = node.out
     if a.n == 0 or out.n == 0:
         return

@@ -42,7 +42,7 @@ def softmax(node: Node) -> None:
 def _affine(node: Node, o: np.ndarray, roles: tuple[int, ...]) -> None:
     # Optional weight (·) and bias (+), each tiled over the result (SEMANTICS §5.5).
     for i, ufunc in zip(roles, (np.multiply, np.add), strict=False):
-        ref = node.srcs[i] if i < len(node.srcs) else None
+        ref = node.optional(i)
         if ref is not None:
             tiled(ufunc, o, load(ref), out=o)
 

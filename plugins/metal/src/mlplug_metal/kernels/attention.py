@@ -28,7 +28,7 @@ def scaled_dot_product_attention(node: Node) -> None:
     q = load(node.operand(0))[0]  # (T, H, Dk)
     k = load(node.operand(1))[0]  # (L, Hkv, Dk)
     v = load(node.operand(2))[0]  # (L, Hkv, Dv), or (Hkv, Dv, L) when permuted
-    mask_ref = node.srcs[3] if len(node.srcs) > 3 else None
+    mask_ref = node.optional(3)
     tokens = q.shape[0]
     queries = mx.transpose(q, (1, 0, 2))[None]  # (1, H, T, Dk)
     keys = mx.transpose(k, (1, 0, 2))[None]  # (1, Hkv, L, Dk)

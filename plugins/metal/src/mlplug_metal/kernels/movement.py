@@ -136,7 +136,7 @@ def set_rows(node: Node) -> None:
 
     Rows whose id is out of range are not written (SEMANTICS §5.7).
     """
-    a, ids_ref = _src(node, 0), _src(node, 2)
+    a, ids_ref = node.operand(0), node.operand(2)
     out = node.out
     if a.n == 0 or out.n == 0:
         return
