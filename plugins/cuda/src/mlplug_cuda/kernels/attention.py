@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mlplug.device import DType, Node, TensorRef
+from mlplug.device import DType, Node
 from mlplug_cuda import compiler
 from mlplug_cuda.kernels.quant import api_of, load, raw
 from mlplug_cuda.xp import ArrayApi
@@ -35,16 +35,9 @@ _MAX_D = 256  # 32 lanes x MAX_DV_PER_LANE in attention.cu
 _SCORE_BYTES = 64 << 20
 
 
-def _src(node: Node, i: int) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[cuda] {node.op}: operand {i} missing")
-    return ref
-
-
 def _flash_usable(node: Node) -> bool:
-    q, k, v = _src(node, 0), _src(node, 1), _src(node, 2)
-    mask = node.srcs[3] if len(node.srcs) > 3 else None
+    q, k, v = node.operand(0), node.operand(1), node.operand(2)
+    mask = node.optional(3)
     return (
         not node.params["permuted_v"]
         and q.dtype == DType.F32
@@ -111,8 +104,8 @@ def flash_decode_twin(
 
 def _flash(node: Node) -> None:
     api = api_of(node.out)
-    q_ref, k_ref, v_ref = _src(node, 0), _src(node, 1), _src(node, 2)
-    mask_ref = node.srcs[3] if len(node.srcs) > 3 else None
+    q_ref, k_ref, v_ref = node.operand(0), node.operand(1), node.operand(2)
+    mask_ref = node.optional(3)
     scale = float(node.params["scale"])
     tokens, heads, dk = q_ref.ne[2], q_ref.ne[1], q_ref.ne[0]
     length, kv_heads, dv = k_ref.ne[2], k_ref.ne[1], v_ref.ne[0]
@@ -158,10 +151,10 @@ def _flash(node: Node) -> None:
 def _batched(api: ArrayApi, node: Node) -> None:
     xp = api.xp
     out = raw(node.out)[0]  # (T, H, Dv)
-    q = load(_src(node, 0))[0]  # (T, H, Dk)
-    k = load(_src(node, 1))[0]  # (L, Hkv, Dk)
-    v = load(_src(node, 2))[0]  # (L, Hkv, Dv), or (Hkv, Dv, L) when permuted
-    mask_ref = node.srcs[3] if len(node.srcs) > 3 else None
+    q = load(node.operand(0))[0]  # (T, H, Dk)
+    k = load(node.operand(1))[0]  # (L, Hkv, Dk)
+    v = load(node.operand(2))[0]  # (L, Hkv, Dv), or (Hkv, Dv, L) when permuted
+    mask_ref = node.optional(3)
     tokens, heads, dk = q.shape
     length, kv_heads, _ = k.shape
     group = heads // kv_heads

@@ -12,17 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from mlplug.device import Node, TensorRef
+from mlplug.device import Node
 from mlplug_cuda.kernels.quant import api_of, load, raw
 
 __all__ = ["KERNELS"]
-
-
-def _src(node: Node, i: int) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[cuda] {node.op}: operand {i} missing")
-    return ref
 
 
 def _patches(xp: Any, x: Any, kh: int, kw: int, oh: int, ow: int, p: Mapping[str, Any]) -> Any:
@@ -48,7 +41,7 @@ def im2col(node: Node) -> None:
     xp = api_of(node.out).xp
     ow, oh = node.out.ne[1], node.out.ne[2]
     cols = _patches(
-        xp, load(_src(node, 1)), node.params["kh"], node.params["kw"], oh, ow, node.params
+        xp, load(node.operand(1)), node.params["kh"], node.params["kw"], oh, ow, node.params
     )
     out = raw(node.out)  # (N, OH, OW, C·KH·KW)
     xp.copyto(out, cols.reshape(out.shape), casting="unsafe")
@@ -59,10 +52,10 @@ def conv_2d(node: Node) -> None:
     if node.out.n == 0:
         return
     xp = api_of(node.out).xp
-    kernel = load(_src(node, 0))  # (OC, IC, KH, KW)
+    kernel = load(node.operand(0))  # (OC, IC, KH, KW)
     oc, ic, kh, kw = kernel.shape
     ow, oh, _, n = node.out.ne
-    cols = _patches(xp, load(_src(node, 1)), kh, kw, oh, ow, node.params)
+    cols = _patches(xp, load(node.operand(1)), kh, kw, oh, ow, node.params)
     product = cols.reshape(n * oh * ow, ic * kh * kw) @ kernel.reshape(oc, ic * kh * kw).T
     xp.copyto(raw(node.out), product.reshape(n, oh, ow, oc).transpose(0, 3, 1, 2))
 
@@ -74,7 +67,7 @@ def avg_pool_2d(node: Node) -> None:
     xp = api_of(node.out).xp
     k, s, p = (int(node.params[key]) for key in ("k", "s", "p"))
     ow, oh = node.out.ne[0], node.out.ne[1]
-    padded = xp.pad(load(_src(node, 0)), ((0, 0), (0, 0), (p, p), (p, p)))
+    padded = xp.pad(load(node.operand(0)), ((0, 0), (0, 0), (p, p), (p, p)))
     sums = xp.zeros((*padded.shape[:2], oh, ow), np.float32)
     for ky in range(k):
         for kx in range(k):

@@ -14,32 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from mlplug.device import Node, TensorRef
+from mlplug.device import Node, tile_shapes
 from mlplug_cuda.kernels.quant import api_of, commit, dest, load, reshaped_view
 from mlplug_cuda.xp import ArrayApi
 
 __all__ = ["KERNELS", "tiled"]
 
 
-def _tile_shapes(
-    a_shape: tuple[int, ...], b_shape: tuple[int, ...]
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    sa: list[int] = []
-    sb: list[int] = []
-    for x, y in zip(a_shape, b_shape, strict=True):
-        if y in (x, 1):
-            sa.append(x)
-            sb.append(y)
-        else:
-            sa += [x // y, y]
-            sb += [1, y]
-    return tuple(sa), tuple(sb)
-
-
 def tiled(api: ArrayApi, name: str, x: Any, y: Any, out: Any) -> Any:
     """Write ``xp.<name>(x, tile(y))`` (SEMANTICS §5.2) into ``out``."""
     ufunc = getattr(api.xp, name)
-    sa, sb = _tile_shapes(x.shape, y.shape)
+    sa, sb = tile_shapes(x.shape, y.shape)
     xa, yb = x.reshape(sa), y.reshape(sb)
     target = reshaped_view(api, out, sa)
     if target is not None:
@@ -49,19 +34,12 @@ def tiled(api: ArrayApi, name: str, x: Any, y: Any, out: Any) -> Any:
     return out
 
 
-def _src(node: Node, i: int = 0) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[cuda] {node.op}: operand {i} missing")
-    return ref
-
-
 def _binary(name: str) -> Callable[[Node], None]:
     def kernel(node: Node) -> None:
         if node.out.n == 0:
             return
         o = dest(node.out)
-        tiled(api_of(node.out), name, load(_src(node, 0)), load(_src(node, 1)), o)
+        tiled(api_of(node.out), name, load(node.operand(0)), load(node.operand(1)), o)
         commit(node.out, o)
 
     return kernel
@@ -130,7 +108,7 @@ def _run_unary(node: Node, f: Callable[[Any, Any, Any], None]) -> None:
     if node.out.n == 0:
         return
     o = dest(node.out)
-    f(api_of(node.out).xp, load(_src(node)), o)
+    f(api_of(node.out).xp, load(node.operand()), o)
     commit(node.out, o)
 
 
@@ -166,9 +144,9 @@ def _rope(node: Node) -> None:
     if node.out.n == 0:
         return
     n = node.params["n_rot"]
-    x = load(_src(node, 0))  # (1, T, H, D)
-    c = load(_src(node, 1))[0, 0][:, None, :]  # (T, 1, n/2)
-    s = load(_src(node, 2))[0, 0][:, None, :]
+    x = load(node.operand(0))  # (1, T, H, D)
+    c = load(node.operand(1))[0, 0][:, None, :]  # (T, 1, n/2)
+    s = load(node.operand(2))[0, 0][:, None, :]
     o = dest(node.out)
     if node.params["mode"] == 0:
         xa, xb, oa, ob = x[..., 0:n:2], x[..., 1:n:2], o[..., 0:n:2], o[..., 1:n:2]
@@ -191,8 +169,8 @@ def _gated(f: Callable[[Any, Any, Any], None]) -> Callable[[Node], None]:
             return
         api = api_of(node.out)
         o = dest(node.out)
-        f(api.xp, load(_src(node, 0)), o)
-        tiled(api, "multiply", o, load(_src(node, 1)), o)
+        f(api.xp, load(node.operand(0)), o)
+        tiled(api, "multiply", o, load(node.operand(1)), o)
         commit(node.out, o)
 
     return kernel

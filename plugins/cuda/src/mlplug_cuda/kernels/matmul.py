@@ -26,13 +26,6 @@ from mlplug_cuda.xp import ArrayApi
 __all__ = ["KERNELS", "product"]
 
 
-def _src(node: Node, i: int) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[cuda] {node.op}: operand {i} missing")
-    return ref
-
-
 def _matmul(api: ArrayApi, lhs: Any, rhs: Any, half: bool) -> Any:
     if half:
         return api.matmul_f16(lhs.astype(np.float16), rhs).astype(np.float32)
@@ -82,7 +75,7 @@ def mulmat(node: Node) -> None:
     if node.out.n == 0:
         return
     api = api_of(node.out)
-    a, b = _src(node, 0), _src(node, 1)
+    a, b = node.operand(0), node.operand(1)
     if node.op == "mulmat" and mmvq.usable(a, b):
         k = b.ne[0]
         y = api.xp.ascontiguousarray(load(b).reshape(-1, k))
@@ -101,7 +94,7 @@ def mulmat_id(node: Node) -> None:
         return
     api = api_of(node.out)
     xp = api.xp
-    experts_ref, b_ref, ids_ref = _src(node, 0), _src(node, 1), _src(node, 2)
+    experts_ref, b_ref, ids_ref = node.operand(0), node.operand(1), node.operand(2)
     ids = api.asnumpy(checked_ids(api, raw(ids_ref)[0, 0], experts_ref.ne[2], "mulmat_id"))
     b = load(b_ref)[0]  # (T, n_b, K)
     n_used = ids.shape[1]

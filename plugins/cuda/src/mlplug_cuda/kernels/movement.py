@@ -29,25 +29,18 @@ from mlplug_cuda.xp import ArrayApi
 __all__ = ["KERNELS", "checked_ids"]
 
 
-def _src(node: Node, i: int = 0) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[cuda] {node.op}: operand {i} missing")
-    return ref
-
-
 def _view_op(node: Node) -> None:
     """Views share storage with their source: nothing to execute."""
 
 
 def contiguous(node: Node) -> None:
     """Packed copy of the receiver (``contiguous``, ``duplicate``)."""
-    copy_raw(_src(node), node.out)
+    copy_raw(node.operand(), node.out)
 
 
 def copy(node: Node) -> None:
     """Write the receiver's elements into the destination window in logical order."""
-    a = _src(node)
+    a = node.operand()
     if a.dtype == node.out.dtype:
         copy_raw(a, node.out)
     elif node.out.n:
@@ -56,7 +49,7 @@ def copy(node: Node) -> None:
 
 def set_(node: Node) -> None:
     """Packed copy of ``a`` with ``b`` written at a byte offset with the given strides."""
-    a, b = _src(node, 0), _src(node, 1)
+    a, b = node.operand(0), node.operand(1)
     out = node.out
     packed = out if out.contiguous else scratch_ref(api_of(out), out.dtype, out.ne)
     copy_raw(a, packed)
@@ -77,7 +70,7 @@ def pad(node: Node) -> None:
     """Zeros appended at the end of each dim."""
     if node.out.n == 0:
         return
-    a = _src(node)
+    a = node.operand()
     o = raw(node.out)
     o[...] = 0
     if a.n:
@@ -109,7 +102,7 @@ def repeat(node: Node) -> None:
     xp = api_of(node.out).xp
     reps = [1, 1, 1, 1]
     reps[3 - int(node.params["dim"])] = int(node.params["n"])
-    xp.copyto(raw(node.out), xp.tile(raw(_src(node)), reps))
+    xp.copyto(raw(node.out), xp.tile(raw(node.operand()), reps))
 
 
 def checked_ids(api: ArrayApi, ids: Any, axis_len: int, op: str) -> Any:
@@ -136,7 +129,7 @@ def rows(node: Node) -> None:
         return
     api = api_of(node.out)
     xp = api.xp
-    a, ids_ref = _src(node, 0), _src(node, 1)
+    a, ids_ref = node.operand(0), node.operand(1)
     table = raw(a)
     ids = checked_ids(api, raw(ids_ref)[0], a.ne[1], "rows")  # (a3, a2, n)
     i3 = xp.arange(a.ne[3])[:, None, None]
@@ -154,7 +147,7 @@ def set_rows(node: Node) -> None:
     The ids are read on the host (a handful per batch) to check them and to keep the last write
     to each row.
     """
-    a, ids_ref = _src(node, 0), _src(node, 2)
+    a, ids_ref = node.operand(0), node.operand(2)
     out = node.out
     if a.n == 0 or out.n == 0:
         return

@@ -10,18 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from mlplug.device import Node, TensorRef
+from mlplug.device import Node
 from mlplug_cuda.kernels.elementwise import tiled
 from mlplug_cuda.kernels.quant import api_of, commit, dest, load, raw, store
 
 __all__ = ["KERNELS"]
-
-
-def _src(node: Node, i: int = 0) -> TensorRef:
-    ref = node.srcs[i]
-    if ref is None:
-        raise ValueError(f"[cuda] {node.op}: operand {i} missing")
-    return ref
 
 
 def _mean(x: Any) -> Any:
@@ -38,7 +31,7 @@ def softmax(node: Node) -> None:
     if node.out.n == 0:
         return
     xp = api_of(node.out).xp
-    x = load(_src(node))
+    x = load(node.operand())
     o = dest(node.out)
     xp.subtract(x, x.max(axis=-1, keepdims=True), out=o)
     xp.exp(o, out=o)
@@ -50,7 +43,7 @@ def _affine(node: Node, o: Any, roles: tuple[int, ...]) -> None:
     # Optional weight (·) and bias (+), each tiled over the result (SEMANTICS §5.5).
     api = api_of(node.out)
     for i, name in zip(roles, ("multiply", "add"), strict=False):
-        ref = node.srcs[i] if i < len(node.srcs) else None
+        ref = node.optional(i)
         if ref is not None:
             tiled(api, name, o, load(ref), o)
 
@@ -60,7 +53,7 @@ def layer_norm(node: Node) -> None:
     if node.out.n == 0:
         return
     xp = api_of(node.out).xp
-    x = load(_src(node))
+    x = load(node.operand())
     o = dest(node.out)
     xp.subtract(x, _mean(x), out=o)
     o /= xp.sqrt(_mean(xp.square(o)) + np.float32(node.params["eps"]))
@@ -73,7 +66,7 @@ def _rms(roles: tuple[int, ...]) -> Callable[[Node], None]:
         if node.out.n == 0:
             return
         xp = api_of(node.out).xp
-        x = load(_src(node))
+        x = load(node.operand())
         o = dest(node.out)
         xp.divide(x, xp.sqrt(_mean(xp.square(x)) + np.float32(node.params["eps"])), out=o)
         _affine(node, o, roles)
@@ -93,7 +86,7 @@ def _per_row(f: Callable[[Any, Any], Any]) -> Callable[[Node], None]:
     def kernel(node: Node) -> None:
         if node.out.n == 0:
             return
-        store(node.out, f(api_of(node.out).xp, load(_src(node))))
+        store(node.out, f(api_of(node.out).xp, load(node.operand())))
 
     return kernel
 
@@ -103,7 +96,7 @@ def argsort(node: Node) -> None:
     if node.out.n == 0:
         return
     api = api_of(node.out)
-    api.xp.copyto(raw(node.out), api.argsort(load(_src(node))), casting="unsafe")
+    api.xp.copyto(raw(node.out), api.argsort(load(node.operand())), casting="unsafe")
 
 
 def topk(node: Node) -> None:
@@ -115,7 +108,7 @@ def topk(node: Node) -> None:
         return
     api = api_of(node.out)
     k = int(node.params["k"])
-    idx = api.argsort(api.xp.negative(load(_src(node))))[..., :k]
+    idx = api.argsort(api.xp.negative(load(node.operand())))[..., :k]
     api.xp.copyto(raw(node.out), idx, casting="unsafe")
 
 
