@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from mlplug.device import BackendParams, DeviceOutOfMemory
+from mlplug.device import BackendParams, DeviceOutOfMemory, Node
 from mlplug_cpu import device as cpu_device
 from mlplug_cpu.device import ENV_MEMORY_LIMIT, ENV_SIMULATED_GPUS, CpuDevice
 from mlplug_cpu.kernels import native
@@ -195,3 +195,28 @@ def test_native_pool_honours_threads_and_sleeps_when_idle() -> None:
     one, three, idle_cpu = done.stdout.split()
     assert (int(one), int(three)) == (0, 2)
     assert float(idle_cpu) < 0.1  # spinning workers would use ~2 x 0.5 s
+
+
+def test_blas_runs_on_one_thread_except_for_large_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small BLAS calls stay single-threaded while executing; prompt-sized ones get the threads."""
+    if not [i for i in threadpool_info() if i["user_api"] == "blas"]:
+        pytest.skip("numpy's BLAS is not visible to threadpoolctl")
+    seen: dict[str, list[int]] = {}
+
+    def blas() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    def probe(node: object) -> None:
+        seen["small"] = blas()
+        with native.blas_threads(native.BLAS_PARALLEL_FLOPS - 1):
+            seen["below"] = blas()
+        with native.blas_threads(native.BLAS_PARALLEL_FLOPS):
+            seen["large"] = blas()
+        seen["after"] = blas()
+
+    monkeypatch.setitem(cpu_device.KERNELS, "probe", probe)
+    device = CpuDevice(num_threads=2)
+    device.execute([Node("probe", None, (), {})])  # type: ignore[arg-type]
+    want = device.num_threads
+    assert seen["small"] == seen["below"] == seen["after"] and set(seen["small"]) == {1}
+    assert set(seen["large"]) == {want}

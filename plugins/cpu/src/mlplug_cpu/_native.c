@@ -233,6 +233,7 @@ typedef struct {
     int64_t m, k, n;
     int64_t chunk; /* weight rows per work item */
     int64_t next;  /* the next work item (atomic) */
+    int64_t next_row; /* the next activation row to quantise (atomic) */
     int8_t *xq;    /* the quantised activation (block types) */
     xblock *xbk;
     int bad; /* an activation value was not finite (atomic) */
@@ -260,10 +261,12 @@ static void float_task(void *arg, int ith, int nth) {
 }
 
 static void quantize_task(void *arg, int ith, int nth) {
+    (void)ith;
+    (void)nth;
     job *jb = arg;
     const int64_t nb = jb->k / QK;
     int bad = 0;
-    for (int64_t i = ith; i < jb->n; i += nth)
+    for (int64_t i; (i = mlplug_pool_next(&jb->next_row)) < jb->n;)
         bad |= active_quantize(jb->x + i * jb->xs, jb->k, jb->xq + i * jb->k, jb->xbk + i * nb);
     if (bad) __atomic_store_n(&jb->bad, 1, __ATOMIC_RELAXED);
 }
@@ -358,7 +361,6 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
             Py_BEGIN_ALLOW_THREADS
             mlplug_pool_run(n * k >= (1 << 16) ? nth : 1, quantize_task, &jb);
             if (!jb.bad) {
-                jb.next = 0;
                 mlplug_pool_run(nth, qgemm_task, &jb);
             }
             Py_END_ALLOW_THREADS

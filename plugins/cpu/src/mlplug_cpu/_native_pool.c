@@ -28,8 +28,13 @@ static int n_workers;               /* started, guarded by lock */
 static uint64_t state;
 static mlplug_task task_fn;
 static void *task_arg;
-static int pending;                 /* workers of the current run still working (atomic) */
-static int sleepers_done;           /* whether the caller sleeps on `done` */
+/* Workers that joined the current run, plus CLOSED once the caller has finished its own share:
+ * a worker that wakes after that skips the run (its work is done), so the caller never waits
+ * for a thread the scheduler has not run yet. */
+#define CLOSED (1u << 30)
+static unsigned joined;
+static unsigned finished;    /* joined workers that have returned (atomic) */
+static int sleepers_done;    /* whether the caller sleeps on `done` */
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -69,12 +74,17 @@ static void *worker_main(void *p) {
         seen = gen >> 16;
         const int nth = (int)(gen & 0xffff);
         if (ith >= nth) continue; /* not part of this run */
+        unsigned j = __atomic_load_n(&joined, __ATOMIC_ACQUIRE);
+        do {
+            if (j & CLOSED) break;
+        } while (!__atomic_compare_exchange_n(&joined, &j, j + 1, 0, __ATOMIC_ACQ_REL,
+                                              __ATOMIC_ACQUIRE));
+        if (j & CLOSED) continue; /* the caller finished the work without us */
         task_fn(task_arg, ith, nth);
-        if (__atomic_sub_fetch(&pending, 1, __ATOMIC_ACQ_REL) == 0) {
-            pthread_mutex_lock(&lock);
-            if (sleepers_done) pthread_cond_signal(&done);
-            pthread_mutex_unlock(&lock);
-        }
+        __atomic_add_fetch(&finished, 1, __ATOMIC_ACQ_REL);
+        pthread_mutex_lock(&lock);
+        if (sleepers_done) pthread_cond_signal(&done);
+        pthread_mutex_unlock(&lock);
     }
     return NULL;
 }
@@ -87,7 +97,7 @@ static void after_fork_child(void) {
     pthread_cond_init(&done, NULL);
     n_workers = 0;
     state = 0;
-    pending = 0;
+    joined = finished = 0;
     sleepers_done = 0;
 }
 
@@ -128,7 +138,8 @@ void mlplug_pool_run(int nth, mlplug_task fn, void *arg) {
     }
     task_fn = fn;
     task_arg = arg;
-    __atomic_store_n(&pending, nth - 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&joined, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&finished, 0, __ATOMIC_RELEASE);
     pthread_mutex_lock(&lock);
     const uint64_t next = ((__atomic_load_n(&state, __ATOMIC_ACQUIRE) >> 16) + 1) << 16;
     __atomic_store_n(&state, next | (uint64_t)nth, __ATOMIC_RELEASE);
@@ -137,20 +148,23 @@ void mlplug_pool_run(int nth, mlplug_task fn, void *arg) {
 
     fn(arg, 0, nth);
 
-    /* Wait for the workers: spin briefly (they are usually finishing), then sleep. */
+    /* Close the run, then wait for the workers that joined it: spin briefly (they are usually
+     * finishing their last chunk), then sleep. */
+    const unsigned count = __atomic_fetch_or(&joined, CLOSED, __ATOMIC_ACQ_REL) & ~CLOSED;
     const uint64_t start = now_ns();
     int spins = 0;
-    while (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) != 0) {
+    while (__atomic_load_n(&finished, __ATOMIC_ACQUIRE) != count) {
         cpu_relax();
         if (++spins % 64 == 0) {
             if (now_ns() - start > SPIN_NS) break;
             sched_yield();
         }
     }
-    if (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) != 0) {
+    if (__atomic_load_n(&finished, __ATOMIC_ACQUIRE) != count) {
         pthread_mutex_lock(&lock);
         sleepers_done = 1;
-        while (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) != 0) pthread_cond_wait(&done, &lock);
+        while (__atomic_load_n(&finished, __ATOMIC_ACQUIRE) != count)
+            pthread_cond_wait(&done, &lock);
         sleepers_done = 0;
         pthread_mutex_unlock(&lock);
     }

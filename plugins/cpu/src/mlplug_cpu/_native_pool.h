@@ -1,9 +1,10 @@
 /* One thread pool for every native kernel of mlplug_cpu._native (see _native_pool.c).
  *
- * mlplug_pool_run(nth, fn, arg) calls fn(arg, i, nth) for i = 0 .. nth-1 concurrently, i = 0
- * on the calling thread, and returns when all calls have returned. Kernels split their work
- * dynamically (mlplug_pool_next on a shared counter), so a worker that a busy machine
- * descheduled does not hold the others back. Idle workers sleep on a condition variable after
+ * mlplug_pool_run(nth, fn, arg) calls fn(arg, 0, nth) on the calling thread and fn(arg, i, nth)
+ * on up to nth - 1 workers, and returns when every call has returned. A worker that has not
+ * started by the time the caller's own call returns is left out of the run, so fn MUST take
+ * all its work from a shared counter (mlplug_pool_next) and never rely on i to cover a share:
+ * a worker that a busy machine has not scheduled then never holds the caller back. Idle workers sleep on a condition variable after
  * a short spin; they never spin while BLAS or Python runs. Not reentrant: fn must not call
  * mlplug_pool_run; concurrent callers are serialised by a mutex.
  */

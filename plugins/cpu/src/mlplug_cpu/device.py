@@ -127,7 +127,7 @@ class CpuDevice(CappedAllocator[CpuBuffer]):
         warnings are silenced.
         """
         with (
-            _thread_limit(self.num_threads),
+            _thread_limit(1),  # products large enough get more: native.blas_threads
             native.thread_count(self.num_threads),
             np.errstate(all="ignore"),
         ):

@@ -41,6 +41,13 @@ def product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         b: ``(b3, b2, N, K)`` F32 with ``a3 | b3`` and ``a2 | b2``.
         out: ``(b3, b2, N, M)`` F32.
     """
+    _, _, m, k = a.shape
+    b3, b2, n, _ = b.shape
+    with native.blas_threads(2 * b3 * b2 * n * m * k):
+        _product(a, b, out)
+
+
+def _product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     a3, a2, m, k = a.shape
     b3, b2, n, _ = b.shape
     if a3 == a2 == 1:

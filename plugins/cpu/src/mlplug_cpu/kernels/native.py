@@ -20,21 +20,26 @@ product returns ``False`` and the caller's numpy path (decode the weight to F32,
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
+from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from mlplug.device import DType, TensorRef
 
 __all__ = [
+    "BLAS_PARALLEL_FLOPS",
     "ENV_NATIVE",
     "NATIVE_MAX_ROWS",
     "active",
+    "blas_threads",
     "configure",
     "configure_from_env",
     "expert_product",
@@ -46,6 +51,11 @@ __all__ = [
 ]
 
 ENV_NATIVE = "MLPLUG_CPU_NATIVE"
+# BLAS runs on one thread while a device executes, except for products of at least this many
+# FLOPs (prompt-sized), which get the device's threads: OpenBLAS's workers busy-wait between
+# calls and a small product waits for every worker, so on a busy machine multithreaded small
+# BLAS calls were slower than one thread (issue #12.1).
+BLAS_PARALLEL_FLOPS = 1 << 27
 NATIVE_MAX_ROWS = 16
 CHUNK_ELEMENTS = 1 << 22
 
@@ -119,6 +129,34 @@ def host_array(ref: TensorRef) -> np.ndarray | None:
     return _buffer(ref)
 
 
+@functools.cache
+def _blas_libraries() -> tuple[Any, ...]:
+    # threadpoolctl's per-library controllers: setting their thread count is a direct C call
+    # (~1 us), where ThreadpoolController.limit costs ~70 us per use.
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+@contextmanager
+def blas_threads(flops: int) -> Iterator[None]:
+    """Give BLAS this thread's native thread count while the block runs, if ``flops`` is large.
+
+    Outside such blocks the device keeps BLAS on one thread (see ``BLAS_PARALLEL_FLOPS``).
+    """
+    threads = getattr(_local, "threads", 0)
+    if threads <= 1 or flops < BLAS_PARALLEL_FLOPS:
+        yield
+        return
+    libraries = _blas_libraries()
+    previous = [lib.num_threads for lib in libraries]
+    for lib in libraries:
+        lib.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        for lib, count in zip(libraries, previous, strict=True):
+            lib.set_num_threads(count)
+
+
 def _buffer(ref: TensorRef) -> np.ndarray | None:
     data = getattr(ref.buffer, "data", None)
     return data if isinstance(data, np.ndarray) and data.flags.c_contiguous else None
@@ -185,7 +223,8 @@ def _product(
         _native.dequantize(
             dtype.ggml_type, weight, w_off + m0 * w_rs, w_rs, chunk, 0, rows, k, threads
         )
-        np.matmul(xs, chunk.T, out=os_[:, m0 : m0 + rows])
+        with blas_threads(2 * n * rows * k):
+            np.matmul(xs, chunk.T, out=os_[:, m0 : m0 + rows])
     return True
 
 
