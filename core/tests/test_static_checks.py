@@ -25,6 +25,7 @@ _PLUGIN_TREES = [
     "plugins/cpu/src",
     "plugins/metal/src",
     "plugins/cuda/src",
+    "plugins/ray/src",
     "conformance_tests/src",
     "examples/mlplug-example-plugin/src",
 ]
