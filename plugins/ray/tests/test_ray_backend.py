@@ -117,6 +117,15 @@ def test_demo_model_split_over_two_nodes_matches_cpu(
         assert r.argmax(-1).tolist() == c.argmax(-1).tolist()
 
 
+def test_node_cap_gives_errnomem(two_nodes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLPLUG_RAY_MEMORY_LIMIT", "64KiB")
+    params = mlplug.BackendParams(num_gpu_layers=99)
+    with pytest.raises(mlplug.ErrNoMem, match="RAY") as info:
+        mlplug.new_backend(str(DEMO), params, backend="ray").close()
+    # the report shows both node devices, each with its cap
+    assert [g.name for g in info.value.memory.gpus] == ["RAY0", "RAY1"]
+
+
 def test_killed_node_gives_clear_error_then_close_works(two_nodes: Any) -> None:
     ray = two_nodes
     params = mlplug.BackendParams(num_gpu_layers=99)

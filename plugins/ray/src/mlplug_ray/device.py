@@ -105,7 +105,7 @@ class RayBuffer:
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Copy host bytes into the buffer (submitted; ordered before later calls)."""
-        self._device.check_window(self, offset, len(memoryview(data).cast("B")))
+        self._device.check_window(self, offset, memoryview(data).nbytes)
         self._device.submit(self._device.actor.write.remote(self.handle, offset, bytes(data)))
 
     def read(self, offset: int, n: int) -> bytes:
@@ -292,7 +292,7 @@ class RayDevice:
         """Wait for every submitted call; raise the first failure."""
         pending, self._pending = self._pending, []
         for ref in pending:
-            self.call("execute", ref)
+            self.call("a submitted execute/write/free", ref)
 
     def close(self) -> None:
         """Close the node's device and end the actor (works after the node died)."""
