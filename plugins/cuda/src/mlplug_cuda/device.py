@@ -22,8 +22,6 @@ numpy arrays in host memory and the numpy twins of the CUDA C kernels (:mod:`mlp
 from __future__ import annotations
 
 import os
-import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -31,13 +29,17 @@ from typing import Any
 import numpy as np
 
 from mlplug.device import (
+    AccountedBuffer,
     BackendParams,
     Buffer,
     CacheConfig,
+    CappedAllocator,
     Device,
     DeviceOutOfMemory,
     DType,
     Node,
+    Release,
+    host_memory,
     parse_size,
 )
 from mlplug_cpu.device import load as load_cpu
@@ -83,51 +85,29 @@ class EmulatedCudaError(RuntimeError):
     """What the emulation treats as a CUDA error (tests raise it to check the wrapping)."""
 
 
-class CudaBuffer:
+class CudaBuffer(AccountedBuffer):
     """Device memory: a flat ``uint8`` array (:attr:`data`) of ``nbytes``.
+
+    Range checks and giving the bytes back come from :class:`~mlplug.device.AccountedBuffer`.
 
     Attributes:
         api: The array API of the device.
         device_index: The GPU's index (for kernels compiled per device).
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_on_stream",
-        "_release",
-        "api",
-        "data",
-        "device_index",
-        "name",
-        "nbytes",
-    )
+    __slots__ = ("_on_stream", "api", "data", "device_index")
 
-    def __init__(self, device: CudaDevice, data: Any, nbytes: int) -> None:
+    def __init__(self, device: CudaDevice, data: Any, nbytes: int, release: Release) -> None:
+        super().__init__(device.name, nbytes, release)
         self._on_stream = device.on_stream
         self.api = device.api
         self.device_index = device.index
-        self.name = device.name
         self.data = data
-        self.nbytes = nbytes
-        self._release = weakref.finalize(self, _give_back, weakref.ref(device), nbytes)
-
-    @property
-    def alive(self) -> bool:
-        """Whether the buffer has not been freed."""
-        return self._release.alive
-
-    def _check(self, offset: int, n: int) -> None:
-        if not self._release.alive:
-            raise ValueError(f"[{self.name}] buffer used after free()")
-        if offset < 0 or n < 0 or offset + n > self.nbytes:
-            raise ValueError(
-                f"[{self.name}] bytes [{offset}, {offset + n}) outside a {self.nbytes}-byte buffer"
-            )
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Copy host bytes into the buffer at ``offset``."""
         src = np.frombuffer(memoryview(data).cast("B"), np.uint8)
-        self._check(offset, src.size)
+        self.check(offset, src.size)
         if src.size:
             if self.api.emulated:
                 self.data[offset : offset + src.size] = src
@@ -139,31 +119,15 @@ class CudaBuffer:
 
     def read(self, offset: int, n: int) -> bytes:
         """Return ``n`` bytes starting at ``offset`` (waiting for the device's work)."""
-        self._check(offset, n)
+        self.check(offset, n)
         with self._on_stream():  # ordered after the device's queued kernels; blocks until done
             return self.api.asnumpy(self.data[offset : offset + n]).tobytes()
 
-    def free(self) -> None:
-        """Return the memory to the pool and the device's budget. Idempotent."""
-        self._release()
-        self.data = self.api.xp.zeros(0, np.uint8)
+    def _drop(self) -> None:
+        self.data = self.api.xp.zeros(0, np.uint8)  # back to cupy's pool
 
 
-def _give_back(device_ref: weakref.ref[CudaDevice], nbytes: int) -> None:
-    device = device_ref()
-    if device is not None:
-        device._give_back(nbytes)
-
-
-def _host_memory() -> tuple[int, int]:
-    try:
-        page = int(os.sysconf("SC_PAGE_SIZE"))
-        return int(os.sysconf("SC_PHYS_PAGES")) * page, int(os.sysconf("SC_AVPHYS_PAGES")) * page
-    except (OSError, ValueError):
-        return 0, 0
-
-
-class CudaDevice:
+class CudaDevice(CappedAllocator[CudaBuffer]):
     """One GPU (or an emulated one): kind ``"gpu"``, name ``CUDA<index>``.
 
     Args:
@@ -174,11 +138,6 @@ class CudaDevice:
     """
 
     __slots__ = (
-        "__weakref__",
-        "_allocated",
-        "_buffers",
-        "_lock",
-        "_memory_limit",
         "_stream",
         "alignment",
         "api",
@@ -204,11 +163,7 @@ class CudaDevice:
         self.name = f"CUDA{index}"
         self.kind = "gpu"
         self.alignment = ALIGNMENT
-        self._allocated = 0
-        self._lock = threading.Lock()
-        self._buffers: weakref.WeakSet[CudaBuffer] = weakref.WeakSet()
-        self._memory_limit: int | None = None
-        self.set_memory_limit(memory_limit)
+        super().__init__(memory_limit)
         self.direct_copies = 0
         self._stream: Any = None
         if api.emulated:
@@ -236,49 +191,15 @@ class CudaDevice:
 
     # -- memory ---------------------------------------------------------------------------------
 
-    @property
-    def memory_limit(self) -> int | None:
-        """The cap in bytes, or ``None``."""
-        return self._memory_limit
-
-    def set_memory_limit(self, limit: int | None) -> int | None:
-        """Set the cap (``None`` removes it) and return the previous one."""
-        if limit is not None and limit < 0:
-            raise ValueError(f"[{self.name}] memory limit must be >= 0, got {limit}")
-        previous, self._memory_limit = self._memory_limit, limit
-        return previous
-
-    @property
-    def allocated(self) -> int:
-        """Bytes allocated and not yet freed."""
-        return self._allocated
-
-    def _runtime_memory(self) -> tuple[int, int]:
+    def _hardware_memory(self) -> tuple[int, int]:
         """Return ``(total, free)`` of the GPU (the host's memory under emulation)."""
         if self.api.emulated:
-            return _host_memory()
+            return host_memory()
         cp = self.api.xp
         with cp.cuda.Device(self.index):
             free, total = cp.cuda.runtime.memGetInfo()
             cached = cp.get_default_memory_pool().free_bytes()
         return int(total), int(free) + int(cached)
-
-    def total_memory(self) -> int:
-        """Return the cap when one is set, else the GPU's memory."""
-        if self._memory_limit is not None:
-            return self._memory_limit
-        return self._runtime_memory()[0]
-
-    def free_memory(self) -> int:
-        """Return the bytes left under the cap, else what the runtime reports free."""
-        if self._memory_limit is not None:
-            return max(0, self._memory_limit - self._allocated)
-        return self._runtime_memory()[1]
-
-    def _oom_errors(self) -> tuple[type[BaseException], ...]:
-        if self.api.emulated:
-            return (MemoryError,)
-        return (self.api.xp.cuda.memory.OutOfMemoryError,)
 
     def _cuda_errors(self) -> tuple[type[BaseException], ...]:
         if self.api.emulated:
@@ -286,34 +207,15 @@ class CudaDevice:
         cp = self.api.xp
         return (cp.cuda.runtime.CUDARuntimeError, cp.cuda.driver.CUDADriverError)
 
-    def alloc(self, nbytes: int) -> CudaBuffer:
-        """Allocate ``nbytes`` zeroed bytes from the pool.
-
-        Raises:
-            DeviceOutOfMemory: The bytes do not fit under the cap, or the GPU is out of memory.
-        """
-        if nbytes < 0:
-            raise ValueError(f"[{self.name}] cannot allocate {nbytes} bytes")
-        with self._lock:
-            if self._memory_limit is not None and self._allocated + nbytes > self._memory_limit:
-                raise DeviceOutOfMemory(self.name, nbytes, self.free_memory())
-            self._allocated += nbytes
-        try:
-            if self.api.emulated:
-                data = np.zeros(nbytes, np.uint8)
-            else:
-                with self.on_stream():
-                    data = self.api.xp.zeros(nbytes, np.uint8)
-        except self._oom_errors() as err:
-            self._give_back(nbytes)
-            raise DeviceOutOfMemory(self.name, nbytes, self.free_memory()) from err
-        buffer = CudaBuffer(self, data, nbytes)
-        self._buffers.add(buffer)
-        return buffer
-
-    def _give_back(self, nbytes: int) -> None:
-        with self._lock:
-            self._allocated -= nbytes
+    def _alloc(self, nbytes: int, release: Release) -> CudaBuffer:
+        # Zeroed bytes from cupy's pool; its OutOfMemoryError is a MemoryError, which the
+        # CappedAllocator turns into DeviceOutOfMemory.
+        if self.api.emulated:
+            data = np.zeros(nbytes, np.uint8)
+        else:
+            with self.on_stream():
+                data = self.api.xp.zeros(nbytes, np.uint8)
+        return CudaBuffer(self, data, nbytes, release)
 
     # -- transfers (SupportsDirectCopy) --------------------------------------------------------
 
@@ -325,8 +227,8 @@ class CudaDevice:
             return False
         if src.api.emulated != dst.api.emulated:
             return False
-        src._check(src_offset, nbytes)
-        dst._check(dst_offset, nbytes)
+        src.check(src_offset, nbytes)
+        dst.check(dst_offset, nbytes)
         if nbytes:
             if self.api.emulated:
                 dst.data[dst_offset : dst_offset + nbytes] = src.data[
@@ -380,7 +282,7 @@ class CudaDevice:
                 raise NotImplementedError(self.unsupported(node) or node.op)
             try:
                 kernel(node)
-            except self._oom_errors() as err:
+            except MemoryError as err:  # cupy's OutOfMemoryError is one (a kernel's scratch)
                 raise DeviceOutOfMemory(self.name, 0, self.free_memory()) from err
             except self._cuda_errors() as err:
                 raise CudaKernelError(f"[{self.name}] {node.op}: CUDA error: {err}") from err
@@ -408,8 +310,7 @@ class CudaDevice:
         """Free every buffer still allocated and drop any captured graph."""
         if self.replay is not None:
             self.replay.reset()
-        for buffer in list(self._buffers):
-            buffer.free()
+        self.close_buffers()
 
 
 def _format_uuid(raw: bytes | str) -> str:
