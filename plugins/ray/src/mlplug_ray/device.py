@@ -346,7 +346,7 @@ def load(params: BackendParams) -> list[Device]:
     limit = _env_size(ENV_MEMORY_LIMIT)
     host = CPU_PLUGIN.load(params)[0]
     session = RaySession()
-    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call]
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call, unused-ignore]
     count = count if count is not None else max(1, len(nodes))
     devices: list[Device] = [host]
     try:
