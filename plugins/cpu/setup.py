@@ -27,6 +27,7 @@ setup(
             ],
             depends=[
                 "src/mlplug_cpu/_native_kernels.h",
+                "src/mlplug_cpu/_native_half.h",
                 "src/mlplug_cpu/_native_pool.h",
                 "src/mlplug_cpu/_native_qdot.h",
                 "src/mlplug_cpu/_attention_kernel.h",

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "_native_pool.h"
+#include "_native_half.h"
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define ATT_X86 1
@@ -83,23 +84,7 @@ static float *att_partial(const att_problem *pb, int64_t hk, int64_t tile, int64
     return pb->partial + (item * pb->max_rows + r) * (pb->dv + 2);
 }
 
-static inline float att_half_generic(uint16_t h) {
-    /* Exact for normals, subnormals, infinities and NaNs (as _native.c's half_to_float). */
-    const uint32_t em = (uint32_t)(h & 0x7fff) << 13;
-    uint32_t bits;
-    float f;
-    if (em >= (0x7c00u << 13)) {
-        bits = em | 0x7f800000u;
-        memcpy(&f, &bits, 4);
-    } else {
-        memcpy(&f, &em, 4);
-        f *= 0x1p112f;
-    }
-    memcpy(&bits, &f, 4);
-    bits |= (uint32_t)(h & 0x8000) << 16;
-    memcpy(&f, &bits, 4);
-    return f;
-}
+static inline float att_half_generic(uint16_t h) { return half_to_float(h); }
 
 /* ---- portable build: one float per "vector" ------------------------------------------------ */
 

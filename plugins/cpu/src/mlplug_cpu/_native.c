@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_native_half.h"
 #include "_native_pool.h"
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -82,24 +83,6 @@ static const kind_info KINDS[N_KINDS] = {
     [KIND_Q2_K] = {10, 256, 84, 0, QK_Q2_K},   [KIND_Q3_K] = {11, 256, 110, 0, QK_Q3_K},
     [KIND_Q5_K] = {13, 256, 176, 0, QK_Q5_K},
 };
-
-static float half_to_float(uint16_t h) {
-    /* Exact for normals, subnormals (rescaled by a power of two), infinities and NaNs. */
-    const uint32_t em = (uint32_t)(h & 0x7fff) << 13;
-    uint32_t bits;
-    float f;
-    if (em >= (0x7c00u << 13)) {
-        bits = em | 0x7f800000u;
-        memcpy(&f, &bits, 4);
-    } else {
-        memcpy(&f, &em, 4);
-        f *= 0x1p112f;
-    }
-    memcpy(&bits, &f, 4);
-    bits |= (uint32_t)(h & 0x8000) << 16;
-    memcpy(&f, &bits, 4);
-    return f;
-}
 
 static inline void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
     if (j < 4) {
