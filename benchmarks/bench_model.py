@@ -1,8 +1,10 @@
 """Model speed: a llama-shaped 1.1B model through mlplug (cpu) and llama.cpp, side by side.
 
 Generates (or reuses, with ``--keep DIR``) a GGUF with TinyLlama-1.1B's shape (22 layers, hidden
-2048, 32 query / 4 key-value heads, ff 5632, vocab 32000) and random weights of each requested
-type, with a minimal SentencePiece-style vocabulary so that llama.cpp accepts the file. Then, in a
+2048, 32 query / 4 key-value heads, ff 5632, vocab 32000), or with ``--shape 135m`` SmolLM2-135M's
+(30 layers, hidden 576, 9 / 3 heads, ff 1536, vocab 49152, tied output), and random weights of
+each requested type, with a minimal SentencePiece-style vocabulary so that llama.cpp accepts the
+file. Then, in a
 fresh process per side and with the same thread count:
 
 * **prompt**: one batch of ``--prompt`` token ids (default 512) from an empty cache, best of
@@ -22,11 +24,14 @@ The same run measures the two floors (DESIGN §7): this machine's memory bandwid
 of 512 MiB, read + write bytes counted) and its BLAS F32 peak (a numpy matmul of the prompt's
 largest shape with N threads); decode floor = weight bytes read per token / bandwidth, prompt
 floor = 2·params·n_prompt FLOPs / peak. ``--profile`` adds a cProfile of one mlplug decode step
-and one prompt.
+and one prompt. Each side reports its process's peak resident set size (``VmHWM``: weights
+mapped and touched, caches, scratch, the Python interpreter of either side). ``--rounds R`` runs
+the sides in turn R times and reports each side's median.
 
 Usage: ``python benchmarks/bench_model.py [--type F16 Q8_0 Q4_0] [--keep DIR] [--threads N]
-[--prompt 512] [--decode 128] [--decode-budget 300] [--repeats 2] [--side both|mlplug|llama.cpp]
-[--profile]``. Results go to ``benchmarks/RESULTS.md`` by hand, with the machine.
+[--shape 1.1b|135m] [--prompt 512] [--decode 128] [--decode-budget 300] [--repeats 2]
+[--rounds 1] [--side both|mlplug|llama.cpp] [--profile]``.
+Results go to ``benchmarks/RESULTS.md`` by hand, with the machine.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,15 +50,29 @@ from typing import Any
 
 import numpy as np
 
-# TinyLlama-1.1B.
-SHAPE = {
-    "n_layers": 22,
-    "n_embd": 2048,
-    "n_head": 32,
-    "n_head_kv": 4,
-    "n_ff": 5632,
-    "n_vocab": 32000,
+# Generated shapes (--shape): TinyLlama-1.1B and SmolLM2-135M (tied output, like the original).
+SHAPES: dict[str, dict[str, Any]] = {
+    "1.1b": {
+        "n_layers": 22,
+        "n_embd": 2048,
+        "n_head": 32,
+        "n_head_kv": 4,
+        "n_ff": 5632,
+        "n_vocab": 32000,
+        "tied_output": False,
+    },
+    "135m": {
+        "n_layers": 30,
+        "n_embd": 576,
+        "n_head": 9,
+        "n_head_kv": 3,
+        "n_ff": 1536,
+        "n_vocab": 49152,
+        "tied_output": True,
+    },
 }
+SHAPE = SHAPES["1.1b"]  # the one whose FFN product measures the BLAS peak
+FILE_STEM = {"1.1b": "tinyllama-shape", "135m": "smollm2-135m-shape"}
 TYPES = ("F16", "Q8_0", "Q4_0")
 REAL = {"gemma3-270m": "gemma3:270m"}  # --type name -> mlplug.catalog name
 SIDES = ("mlplug", "llama.cpp")
@@ -87,18 +107,19 @@ def vocab_metadata(n_vocab: int) -> dict[str, tuple[Any, ...]]:
     }
 
 
-def make_model(path: Path, type_name: str) -> None:
-    """Write the TinyLlama-shaped model with random ``type_name`` weights to ``path``."""
+def make_model(path: Path, type_name: str, shape: str = "1.1b") -> None:
+    """Write a model of ``SHAPES[shape]`` with random ``type_name`` weights to ``path``."""
     from mlplug import DType
     from mlplug_conformance import synth
 
     tmp = path.with_suffix(".tmp")
+    dims = SHAPES[shape]
     synth.write_llama_gguf(
         tmp,
-        **SHAPE,
+        **dims,
         weight_type=DType[type_name],
         seed=0,
-        extra_metadata=vocab_metadata(SHAPE["n_vocab"]),
+        extra_metadata=vocab_metadata(dims["n_vocab"]),
     )
     tmp.rename(path)
 
@@ -130,13 +151,21 @@ def weight_bytes(path: Path) -> tuple[int, int]:
 # -- the machine ------------------------------------------------------------------------------
 
 
+# The CPU flags the kernels of either side dispatch on.
+FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
+
+
 def machine() -> str:
-    """Describe the CPU, memory and library versions in one line."""
+    """Describe the CPU (and its relevant flags), memory and library versions in one line."""
     cpu = platform.processor() or "?"
+    flags = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                flags = " ".join(f for f in FLAGS if f in have) or "none of " + " ".join(FLAGS)
                 break
         mem = Path("/proc/meminfo").read_text().split()[1]
         mem_gib = f"{int(mem) / 2**20:.0f} GiB"
@@ -152,7 +181,7 @@ def machine() -> str:
     except ImportError:
         pass
     return (
-        f"{os.cpu_count()} CPUs ({cpu}), {mem_gib} RAM, {platform.system()}, "
+        f"{os.cpu_count()} CPUs ({cpu}; {flags}), {mem_gib} RAM, {platform.system()}, "
         f"Python {platform.python_version()}, numpy {np.__version__} ({blas})"
     )
 
@@ -191,8 +220,21 @@ def _timed(fn: Any) -> float:
 
 
 def _tokens(n: int, seed: int) -> list[int]:
+    # Ids below every shape's vocabulary size (and Gemma's), so the same ids feed each model.
     rng = np.random.default_rng(seed)
-    return [int(t) for t in rng.integers(N_SPECIAL + 256, SHAPE["n_vocab"], size=n)]
+    return [int(t) for t in rng.integers(N_SPECIAL + 256, 32000, size=n)]
+
+
+def _peak_rss_mib() -> float:
+    """Return this process's peak resident set size in MiB (Linux ``VmHWM``).
+
+    Not ``ru_maxrss``: Linux carries that across ``exec`` from the parent, so a child would
+    report the parent's peak (this script's bandwidth buffers) whenever it is larger.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run_llama_cpp(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -222,7 +264,13 @@ def run_llama_cpp(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         spent += decode[-1]
         if spent > args.decode_budget:
             break
-    return {"version": llama_cpp.__version__, "load_s": load, "prompt_s": times, "decode_s": decode}
+    return {
+        "version": llama_cpp.__version__,
+        "load_s": load,
+        "prompt_s": times,
+        "decode_s": decode,
+        "rss_mib": _peak_rss_mib(),
+    }
 
 
 def run_mlplug(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -257,6 +305,7 @@ def run_mlplug(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "load_s": load,
         "prompt_s": times,
         "decode_s": decode,
+        "rss_mib": _peak_rss_mib(),  # before profiling, which adds nothing the run needs
     }
     if args.profile:
         pos = args.prompt + len(decode)
@@ -279,7 +328,6 @@ def _breakdown(model: Any, cache: Any, tokens: list[int], pos: int) -> str:
     of the calling thread (the framework is single-threaded Python: its CPU time is what it
     costs, whatever else loads the machine). Medians over the steps.
     """
-    import statistics
     from collections import defaultdict
 
     from mlplug.context import Context
@@ -442,6 +490,10 @@ def main() -> int:
     )
     parser.add_argument("--repeats", type=int, default=2, help="prompt runs (best is kept)")
     parser.add_argument("--side", default="both", choices=("both", *SIDES))
+    parser.add_argument("--shape", default="1.1b", choices=tuple(SHAPES), help="generated shape")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs per side, in turn (medians are reported)"
+    )
     parser.add_argument(
         "--profile", action="store_true", help="cProfile one mlplug decode step and prompt"
     )
@@ -473,7 +525,10 @@ def main() -> int:
     sides = SIDES if args.side == "both" else (args.side,)
     rows = []
     for type_name in args.type:
-        path = folder / f"tinyllama-shape-{type_name}.gguf"
+        path = folder / f"{FILE_STEM[args.shape]}-{type_name}.gguf"
+        label = (
+            type_name if args.shape == "1.1b" or type_name in REAL else f"{args.shape} {type_name}"
+        )
         if type_name in REAL:
             from mlplug import catalog
 
@@ -482,7 +537,7 @@ def main() -> int:
             path = catalog.resolve(known)
         elif not path.exists():
             start = time.perf_counter()
-            make_model(path, type_name)
+            make_model(path, type_name, args.shape)
             print(
                 f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in "
                 f"{time.perf_counter() - start:.0f} s"
@@ -491,35 +546,50 @@ def main() -> int:
         decode_floor = read / bw
         prompt_floor = 2 * params * args.prompt / peak
         print(
-            f"{type_name}: {read / 1e9:.3f} GB read per token -> decode floor "
+            f"{label}: {read / 1e9:.3f} GB read per token -> decode floor "
             f"{1 / decode_floor:.1f} tok/s; {params / 1e9:.3f} G matrix params -> prompt floor "
             f"{args.prompt / prompt_floor:.1f} tok/s"
         )
-        result = {}
+        # Sides in turn, --rounds times (A B A B ...): each side's figure is its median round.
+        runs: dict[str, list[tuple[float, float, int, float]]] = {side: [] for side in sides}
+        for _ in range(args.rounds):
+            for side in sides:
+                r = child(side, path, args)
+                prompt_tps = args.prompt / min(r["prompt_s"])
+                decode_tps = len(r["decode_s"]) / sum(r["decode_s"])
+                runs[side].append((prompt_tps, decode_tps, len(r["decode_s"]), r["rss_mib"]))
+                print(
+                    f"  {side:9} {r['version']:8} load {r['load_s']:6.1f} s  prompt "
+                    f"{prompt_tps:8.2f} tok/s  decode {decode_tps:7.2f} tok/s "
+                    f"({len(r['decode_s'])} steps)  peak RSS {r['rss_mib']:7.0f} MiB",
+                    flush=True,
+                )
+                if "profile" in r:
+                    print(r["profile"])
         for side in sides:
-            r = child(side, path, args)
-            result[side] = r
-            prompt_tps = args.prompt / min(r["prompt_s"])
-            decode_tps = len(r["decode_s"]) / sum(r["decode_s"])
-            rows.append((type_name, side, prompt_tps, decode_tps, len(r["decode_s"])))
-            print(
-                f"  {side:9} {r['version']:8} load {r['load_s']:6.1f} s  prompt "
-                f"{prompt_tps:8.2f} tok/s  decode {decode_tps:7.2f} tok/s "
-                f"({len(r['decode_s'])} steps)",
-                flush=True,
+            got = runs[side]
+            rows.append(
+                (
+                    label,
+                    side,
+                    statistics.median(g[0] for g in got),
+                    statistics.median(g[1] for g in got),
+                    min(g[2] for g in got),
+                    max(g[3] for g in got),
+                )
             )
-            if "profile" in r:
-                print(r["profile"])
 
-    print("\n| type | side | prompt tok/s | decode tok/s | decode steps |")
-    print("|---|---|---|---|---|")
-    by_key = {(t, s): (p, d) for t, s, p, d, _ in rows}
-    for t, s, p, d, n in rows:
-        print(f"| {t} | {s} | {p:.2f} | {d:.2f} | {n} |")
-    for t in args.type:
+    print("\n| type | side | prompt tok/s | decode tok/s | decode steps | peak RSS MiB |")
+    print("|---|---|---|---|---|---|")
+    by_key = {(t, s): (p, d, m) for t, s, p, d, _, m in rows}
+    for t, s, p, d, n, m in rows:
+        print(f"| {t} | {s} | {p:.2f} | {d:.2f} | {n} | {m:.0f} |")
+    for t in dict.fromkeys(r[0] for r in rows):
         if (t, "mlplug") in by_key and (t, "llama.cpp") in by_key:
-            (mp, md), (lp, ld) = by_key[t, "mlplug"], by_key[t, "llama.cpp"]
-            print(f"| {t} | mlplug/llama.cpp | {mp / lp:.3f} | {md / ld:.3f} | |")
+            (mp, md, mm), (lp, ld, lm) = by_key[t, "mlplug"], by_key[t, "llama.cpp"]
+            print(f"| {t} | mlplug/llama.cpp | {mp / lp:.3f} | {md / ld:.3f} | | {mm / lm:.3f} |")
+    if args.rounds > 1:
+        print(f"(medians of {args.rounds} rounds, sides in turn; peak RSS: the largest round)")
     return 0
 
 
