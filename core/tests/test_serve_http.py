@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
+import re
 import signal
 import socket
 import subprocess
@@ -477,41 +479,61 @@ def test_concurrent_clients_get_single_request_results(server: LiveServer, refer
 # -- the command ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def _serve_command(*args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mlplug.cli",
+        "serve",
+        *args,
+        "--parallel",
+        "2",
+        "--ctx-size",
+        "128",
+        "--threads",
+        "1",
+    ]
 
 
-def test_the_serve_command(tmp_path: Path) -> None:
-    port = _free_port()
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """Return a queue of the process's output lines (None at EOF), filled by a thread."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def test_the_serve_command() -> None:
+    # --port 0: the server picks a free port and prints the address it listens on.
     env = {**os.environ, "MLPLUG_CPU_THREADS": "1"}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlplug.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--parallel",
-            "2",
-            "--ctx-size",
-            "128",
-            "--threads",
-            "1",
-        ],
+        _serve_command("--port", "0"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
+    output: list[str] = []
     try:
-        url = f"http://127.0.0.1:{port}"
+        lines = _lines(proc)
         deadline = time.monotonic() + TIMEOUT
+        port = None
+        while port is None:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
+            assert line is not None, "".join(output)
+            output.append(line)
+            if m := re.search(r"OpenAI API at http://127\.0\.0\.1:(\d+)/v1", line):
+                port = int(m.group(1))
+        assert port != 0
+        url = f"http://127.0.0.1:{port}"
         while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert proc.poll() is None, "".join(output)
             try:
                 if httpx.get(url + "/health", timeout=5).status_code == 200:
                     break
@@ -529,10 +551,25 @@ def test_the_serve_command(tmp_path: Path) -> None:
         assert info.value.code == "no_chat_template"
         assert "--chat-template-file" in json.dumps(info.value.body)
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=TIMEOUT)
-        assert proc.returncode == 0, output
-        assert f"http://127.0.0.1:{port}/v1" in output
+        assert proc.wait(timeout=TIMEOUT) == 0, "".join(output)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
+
+
+def test_the_serve_command_on_a_taken_port() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            _serve_command("--port", str(port)),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env={**os.environ, "MLPLUG_CPU_THREADS": "1"},
+        )
+    assert out.returncode == 1, out.stderr
+    assert f"mlplug serve: cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,6 +153,23 @@ def serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """Return a listening TCP socket bound to ``host``:``port`` (0: a free port)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)  # uvicorn's default backlog
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _serve(args: argparse.Namespace, path: Path, model_id: str) -> int:
     import uvicorn
 
@@ -177,16 +195,23 @@ def _serve(args: argparse.Namespace, path: Path, model_id: str) -> int:
             file=sys.stderr,
         )
         print(backend.backend_memory().summary(), file=sys.stderr)
-        print(f"OpenAI API at http://{args.host}:{args.port}/v1", file=sys.stderr)
-        with contextlib.suppress(KeyboardInterrupt):
-            # Open streams do not hold the shutdown: they are cut after 5 s.
-            uvicorn.run(
-                app,
-                host=args.host,
-                port=args.port,
-                log_level="info",
-                timeout_graceful_shutdown=5,
-            )
+        # Open streams do not hold the shutdown: they are cut after 5 s.
+        config = uvicorn.Config(
+            app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5
+        )
+        try:
+            # Bound here, not inside uvicorn, so that the address printed is the one listened
+            # on (--port 0 picks a free port) and a taken port is an error, not an exit.
+            sock = _listen(args.host, args.port)
+        except OSError as err:
+            print(f"mlplug serve: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
+            return 1
+        with sock:
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            print(f"OpenAI API at http://{shown}:{port}/v1", file=sys.stderr, flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                uvicorn.Server(config).run(sockets=[sock])
     finally:
         if scheduler is not None:
             scheduler.close()
