@@ -1,8 +1,9 @@
 """A private Ray cluster for the tests: one machine, loopback only, started and stopped here.
 
 Every test that needs Ray takes the ``ray_cluster`` fixture; without Ray installed they skip
-(``pytest.importorskip``). The cluster is started once per test session with one CPU (the node
-actors reserve none), no dashboard, and the node address 127.0.0.1, and shut down at the end.
+(``pytest.importorskip``). The cluster is started once per test session by
+:func:`mlplug_ray.cluster.init_local` (one CPU, the node actors reserve none; no dashboard; every
+server on 127.0.0.1, which ``test_loopback.py`` checks) and shut down at the end.
 """
 
 from __future__ import annotations
@@ -15,15 +16,10 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
-    ray = pytest.importorskip("ray", reason='ray is not installed (pip install "mlplug[ray]")')
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=1,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=False,
-            configure_logging=False,
-        )
+    pytest.importorskip("ray", reason='ray is not installed (pip install "mlplug[ray]")')
+    from mlplug_ray.cluster import init_local
+
+    ray = init_local(num_cpus=1)
     try:
         yield ray
     finally:
@@ -35,6 +31,11 @@ def two_nodes(ray_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Two node actors (``RAY0``, ``RAY1``), no caps."""
     monkeypatch.setenv("MLPLUG_RAY_NODES", "2")
     monkeypatch.setenv("MLPLUG_RAY_TIMEOUT", "120")
-    for name in ("MLPLUG_RAY_MEMORY_LIMIT", "MLPLUG_CPU_MEMORY_LIMIT", "MLPLUG_CPU_SIMULATED_GPUS"):
+    for name in (
+        "MLPLUG_RAY_MEMORY_LIMIT",
+        "MLPLUG_RAY_MODEL_PATHS",
+        "MLPLUG_CPU_MEMORY_LIMIT",
+        "MLPLUG_CPU_SIMULATED_GPUS",
+    ):
         monkeypatch.delenv(name, raising=False)
     return ray_cluster

@@ -33,6 +33,7 @@ from mlplug.device import (
     parse_size,
 )
 from mlplug_cpu.plugin import PLUGIN as CPU_PLUGIN
+from mlplug_ray.cluster import init_local
 from mlplug_ray.errors import RayNodeError
 from mlplug_ray.node import MlplugNode, WireNode, WireRef
 
@@ -69,13 +70,7 @@ class RaySession:
             ray.init(address=address, log_to_driver=False)
         else:
             # A private single-machine cluster, on the loopback interface only.
-            ray.init(
-                num_cpus=1,
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                log_to_driver=False,
-                configure_logging=False,
-            )
+            init_local(num_cpus=1)
         self.started = True
 
     def opened(self) -> None:
