@@ -321,9 +321,13 @@ def run_mlplug(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 def _breakdown(model: Any, cache: Any, tokens: list[int], pos: int) -> str:
     """Return where the time of decode steps goes: kernels per op kind, and the framework.
 
-    Each cpu kernel call is timed (the plugin's kernel table is wrapped); the engine's phases
-    are timed by wrapping graph building (``model.build``), ``Context.forward``, planning
-    (``GraphBackend._plan``) and execution (``GraphBackend._execute``), exclusive of each other.
+    Each cpu kernel call is timed (the plugin's kernel table is wrapped); the framework's parts
+    are timed by wrapping, exclusive of each other: graph building (the model's
+    ``Decoder._graph`` and the cache's ``attach``: only when a step's structure is new, the
+    graph is kept otherwise), ``Context.forward``, cache placement (``Causal.place``: cells and
+    window expiry), input refills (a kept graph's token ids, RoPE tables, mask and cell ids),
+    planning (``GraphBackend._plan``), dispatch (``GraphBackend._execute`` minus kernels) and
+    the rest of ``GraphBackend.compute`` plus reading the logits (``Tensor.numpy``).
     Framework = step time minus kernel time. Each part is given as wall time and as the CPU time
     of the calling thread (the framework is single-threaded Python: its CPU time is what it
     costs, whatever else loads the machine). Medians over the steps.
@@ -332,7 +336,10 @@ def _breakdown(model: Any, cache: Any, tokens: list[int], pos: int) -> str:
 
     from mlplug.context import Context
     from mlplug.engine.graph_backend import GraphBackend
+    from mlplug.kvcache import Causal
     from mlplug.models.llama import Batch
+    from mlplug.nn import transformer
+    from mlplug.tensor import Tensor
     from mlplug_cpu import device as cpu_device
 
     wall: dict[str, float] = defaultdict(float)
@@ -357,19 +364,23 @@ def _breakdown(model: Any, cache: Any, tokens: list[int], pos: int) -> str:
 
         return run
 
-    cls = type(model)
-    saved = (
-        cpu_device.KERNELS,
-        cls.build,
-        Context.forward,
-        GraphBackend._plan,
-        GraphBackend._execute,
-    )
-    cpu_device.KERNELS = {op: timed(f"kernel {op}", fn, True) for op, fn in saved[0].items()}
-    cls.build = timed("graph building", saved[1])
-    Context.forward = timed("forward (graph walk)", saved[2])  # type: ignore[method-assign]
-    GraphBackend._plan = timed("planning", saved[3])  # type: ignore[method-assign]
-    GraphBackend._execute = timed("dispatch", saved[4])  # type: ignore[method-assign]
+    wrapped = [
+        (transformer.Decoder, "_graph", _BUILD),
+        (Causal, "attach", _BUILD),
+        (Context, "forward", "forward (graph walk)"),
+        (Causal, "place", "cache placement (cells, window expiry)"),
+        (transformer._Inputs, "refill", _REFILL),
+        (Causal, "refill", _REFILL),
+        (GraphBackend, "_plan", "planning"),
+        (GraphBackend, "_execute", "dispatch"),
+        (GraphBackend, "compute", _READ),
+        (Tensor, "numpy", _READ),
+    ]
+    saved_kernels = cpu_device.KERNELS
+    saved = [(owner, attr, owner.__dict__[attr]) for owner, attr, _ in wrapped]
+    cpu_device.KERNELS = {op: timed(f"kernel {op}", fn, True) for op, fn in saved_kernels.items()}
+    for owner, attr, name in wrapped:
+        setattr(owner, attr, timed(name, owner.__dict__[attr]))
     steps: list[dict[str, tuple[float, float]]] = []
     n_calls: dict[str, int] = {}
     try:
@@ -386,18 +397,16 @@ def _breakdown(model: Any, cache: Any, tokens: list[int], pos: int) -> str:
             step["framework"] = (total[0] - kw, total[1] - kc)
             named = sum(v[0] for k, v in step.items() if k in _FRAMEWORK_PARTS)
             named_c = sum(v[1] for k, v in step.items() if k in _FRAMEWORK_PARTS)
-            step["other (logits, contexts, cache bookkeeping)"] = (
+            step["other"] = (
                 step["framework"][0] - named,
                 step["framework"][1] - named_c,
             )
             steps.append(step)
             n_calls = {k[7:]: n for k, n in calls.items() if k.startswith("kernel ")}
     finally:
-        cpu_device.KERNELS = saved[0]
-        cls.build = saved[1]
-        Context.forward = saved[2]  # type: ignore[method-assign]
-        GraphBackend._plan = saved[3]  # type: ignore[method-assign]
-        GraphBackend._execute = saved[4]  # type: ignore[method-assign]
+        cpu_device.KERNELS = saved_kernels
+        for owner, attr, fn in saved:
+            setattr(owner, attr, fn)
 
     def med(k: str, j: int) -> float:
         return statistics.median(s.get(k, (0.0, 0.0))[j] for s in steps) * 1e3
@@ -410,7 +419,7 @@ def _breakdown(model: Any, cache: Any, tokens: list[int], pos: int) -> str:
     ]
     for k in ("total", "kernels", "framework", *_FRAMEWORK_PARTS):
         out.append(f"| {k} | {med(k, 0):.2f} | {med(k, 1):.2f} | |")
-    k = "other (logits, contexts, cache bookkeeping)"
+    k = "other"
     out.append(f"| {k} | {med(k, 0):.2f} | {med(k, 1):.2f} | |")
     kernels = sorted(n_calls, key=lambda op: -med(f"kernel {op}", 0))
     for op in kernels:
@@ -424,7 +433,18 @@ def _breakdown(model: Any, cache: Any, tokens: list[int], pos: int) -> str:
     return "\n".join(out) + "\n\n"
 
 
-_FRAMEWORK_PARTS = ("graph building", "forward (graph walk)", "planning", "dispatch")
+_BUILD = "graph building (new structures only)"
+_REFILL = "input refills (kept graph)"
+_READ = "compute rest + logits read"
+_FRAMEWORK_PARTS = (
+    _BUILD,
+    "forward (graph walk)",
+    "cache placement (cells, window expiry)",
+    _REFILL,
+    "planning",
+    "dispatch",
+    _READ,
+)
 
 
 def _profile(model: Any, cache: Any, batch: Any, what: str) -> str:

@@ -20,7 +20,7 @@ from mlplug.tensor import Storage, Tensor
 if TYPE_CHECKING:
     from mlplug.executor import GraphExecutor, Role
 
-__all__ = ["Context", "Family"]
+__all__ = ["Context", "Family", "is_closed", "overwrite", "release_results"]
 
 _MAX_BYTES = 2**63 - 1  # the largest tensor: sizes and byte offsets are int64
 
@@ -289,3 +289,61 @@ class Context(ContextOps):
         """Plan and allocate the compute buffers the current graph needs, executing nothing."""
         self._family.check_open("reserve")
         self._family.executor.reserve(self._family)
+
+
+_WRITABLE = {DType.F32: "<f4", DType.I32: "<i4"}
+
+
+def overwrite(t: Tensor, values: Any) -> None:
+    """Replace the values of an F32 or I32 buffer tensor (an ``input()`` tensor of a kept graph).
+
+    The values are rounded as ``from_float_slice``/``from_int_slice`` round them, so a graph
+    whose inputs are overwritten computes what the same graph built with these values would.
+    Used by the layers that keep a graph between calls (:mod:`mlplug.nn`, the KV cache).
+
+    Raises:
+        ContextError: ``t``'s context is closed, or ``t`` is a graph node, not a buffer.
+        DTypeError: ``t`` is neither F32 nor I32, or integer values are not integers.
+        ValueError: An integer is outside the int32 range.
+        ShapeError: The number of values differs from ``t``'s.
+    """
+    import numpy as np
+
+    family = t._family
+    family.check_open("overwrite")
+    if t._op is not None or t._storage is None:
+        raise ContextError(f"overwrite: {t!r} is a graph node, not a buffer tensor")
+    dtype = t._meta.dtype
+    code = _WRITABLE.get(dtype)
+    if code is None:
+        raise DTypeError(f"overwrite: {dtype.name} buffers cannot be overwritten (F32 or I32)")
+    if dtype is DType.F32:
+        flat = np.asarray(values, dtype=np.float32).ravel()
+    else:
+        flat = np.asarray(values).ravel()
+        if flat.size and flat.dtype.kind not in "iu":
+            raise DTypeError(f"overwrite: values must be integers, got {flat.dtype}")
+        if flat.size and (int(flat.min()) < INT32_MIN or int(flat.max()) > INT32_MAX):
+            raise ValueError("overwrite: values outside the int32 range")
+    if flat.size != t._meta.n:
+        raise ShapeError(f"overwrite: got {flat.size} values for {t._meta.n} elements")
+    family.executor.fill(t, flat.astype(code, copy=False).tobytes())
+
+
+def is_closed(ctx: Context) -> bool:
+    """Whether ``ctx``'s family (or its backend) has been closed."""
+    family = ctx._family
+    return family.closed or family.executor.closed
+
+
+def release_results(ctx: Context) -> None:
+    """Drop the results that ``ctx``'s family retains after a compute (§2.4): they are no longer
+    readable, and their memory goes now rather than at the next compute or ``close``.
+
+    For a graph kept between calls, whose results have been read.
+    """
+    family = ctx._family
+    for t in family.results.values():
+        t._result = None
+        t._readable = False
+    family.results.clear()

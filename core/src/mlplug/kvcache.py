@@ -10,7 +10,7 @@ the methods that scan cells. The per-cell metadata (positions, sequence sets, ra
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +20,13 @@ from mlplug.errors import CacheFullError, ContextError, DTypeError, ShapeError
 from mlplug.params import BackendCacheConfig, CacheConfig
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from mlplug.backend import Backend
     from mlplug.context import Context
     from mlplug.tensor import Tensor
 
-__all__ = ["Batch", "Causal", "ShiftFn"]
+__all__ = ["Batch", "Causal", "ForwardInputs", "ShiftFn"]
 
 ShiftFn = Callable[["Context", int, "Tensor", "Tensor"], "Tensor"]
 """``shift(ctx, layer, key_view, deltas) -> Tensor``: re-encode cached keys by I32 deltas."""
@@ -51,6 +53,34 @@ class Batch:
             raise ValueError(f"Batch: {len(positions)} positions but {len(sequences)} sequences")
         object.__setattr__(self, "positions", positions)
         object.__setattr__(self, "sequences", sequences)
+
+
+class ForwardInputs:
+    """The input tensors of one forward graph over a :class:`Causal` cache.
+
+    Made by :meth:`Causal.attach` (and so by ``start_forward``); :meth:`Causal.refill` rewrites
+    their values for a later batch of the same layout, so that a caller can keep its graph.
+
+    Attributes:
+        layout: The :meth:`Causal.layout` they were made for.
+        mask: The mask ``get`` returns, ``[L, Bp]`` of the mask dtype.
+        mask_values: The F32 input holding the mask's values (``mask`` itself when the mask is
+            F32, else the source of its ``copy``); ``None`` for the unfilled mask of ``reserve``.
+        cell_ids: The batch's cell indices, I32 ``[B]`` (``put`` writes through them).
+        value_ids: Per ``Dv·Hkv``: the element indices of the batch's values in a transposed V
+            (made by ``put`` with ``permuted_v``).
+    """
+
+    __slots__ = ("cell_ids", "layout", "mask", "mask_values", "value_ids")
+
+    def __init__(
+        self, layout: Hashable, mask: Tensor, mask_values: Tensor | None, cell_ids: Tensor
+    ) -> None:
+        self.layout = layout
+        self.mask = mask
+        self.mask_values = mask_values
+        self.cell_ids = cell_ids
+        self.value_ids: dict[int, Tensor] = {}
 
 
 def _roundup(n: int, m: int) -> int:
@@ -89,9 +119,9 @@ class Causal:
     """
 
     __slots__ = (
+        "__weakref__",
         "_backend",
         "_batch",
-        "_cell_ids",
         "_cells",
         "_chunk",
         "_closed",
@@ -100,16 +130,15 @@ class Causal:
         "_ctxs",
         "_dtype",
         "_except",
+        "_inputs",
         "_keys",
         "_layer",
         "_loc",
-        "_mask",
         "_max_batch",
         "_max_seqs",
         "_range",
         "_reserve",
         "_shift",
-        "_value_ids",
         "_values",
         "_window",
     )
@@ -146,10 +175,8 @@ class Causal:
         self._range = (0, -1)  # R, padded, inclusive
         self._reserve = False
         self._except: frozenset[int] = frozenset()
-        self._mask: Tensor | None = None
-        # The batch's cell indices, an input of the forward graph (put writes through them).
-        self._cell_ids: Tensor | None = None
-        self._value_ids: dict[tuple[int, int], Tensor] = {}
+        # The input tensors of the current forward graph (mask, cell indices), or None.
+        self._inputs: ForwardInputs | None = None
 
     # -- configuration (§8.2) -----------------------------------------------------------------
 
@@ -263,7 +290,7 @@ class Causal:
     @property
     def mask(self) -> Tensor | None:
         """The current batch's mask (the one ``get`` returns); ``None`` before a batch."""
-        return self._mask
+        return None if self._inputs is None else self._inputs.mask
 
     def cells(self) -> list[tuple[int, frozenset[int]]]:
         """Return ``(position, sequences)`` per cell; a free cell has no sequences."""
@@ -291,7 +318,8 @@ class Causal:
     # -- start_forward and the mask (§8.3, §8.4) -------------------------------------------------
 
     def start_forward(self, ctx: Context, batch: Any, reserve: bool = False) -> None:
-        """Place a batch in the cache and build its mask on ``ctx``.
+        """Place a batch in the cache and build its mask on ``ctx``: :meth:`place`, then
+        :meth:`attach`.
 
         Args:
             ctx: The context of the forward pass (the mask is created on ``ctx.input()``).
@@ -305,6 +333,15 @@ class Causal:
                 negative position; a position the sequence already holds (in the cache or
                 twice in the batch). Nothing is changed then.
         """
+        self.place(batch, reserve)
+        self.attach(ctx)
+
+    def place(self, batch: Any, reserve: bool = False) -> None:
+        """Place a batch in the cache (steps 1-3 of §8.3) without building any tensor.
+
+        Follow it with :meth:`attach` (a new graph) or :meth:`refill` (a graph kept from an
+        earlier batch of the same :meth:`layout`). Arguments and errors as :meth:`start_forward`.
+        """
         config, _ = self._ready("start_forward")
         positions = [operator.index(p) for p in batch.positions]
         sequences = [operator.index(s) for s in batch.sequences]
@@ -315,7 +352,7 @@ class Causal:
             raise ValueError("Causal.start_forward: empty batch")
         self._check_batch(positions, sequences, reserve)
         self._except = frozenset()
-        self._mask = None
+        self._inputs = None
         self._batch = ([], [])  # until placed: put/get refuse to run after a failed batch
         cells = self._cells
         if reserve:
@@ -339,9 +376,76 @@ class Causal:
         self._reserve = bool(reserve)
         self._loc = loc
         self._range = cell_range
-        self._mask = self._build_mask(ctx, "start_forward")
-        self._cell_ids = ctx.input().from_int_slice(range(loc, loc + b), b)
-        self._value_ids = {}
+
+    def layout(self) -> Hashable:
+        """Return what the structure of a forward graph over the placed batch depends on.
+
+        Two batches with equal layouts give graphs of the same structure whose inputs differ
+        only in their values: the batch size ``B``, the range ``R`` (the views of ``get`` and the
+        mask's ``L``), the mask's ``Bp``, the config and, for sizing, ``reserve``.
+
+        Raises:
+            RuntimeError: No batch is placed.
+        """
+        config, _ = self._ready("layout")
+        positions = self._batch[0]
+        if not positions:
+            raise RuntimeError("Causal.layout: call place() or start_forward() first")
+        b = len(positions)
+        rows = _roundup(b, config.mask_batch_padding)
+        # A block-quantised transposed V is written through a view at loc (put); init refuses
+        # that combination today, but if it ever runs, loc is structure.
+        loc = self._loc if config.permuted_v and self._dtype.is_block else None
+        return (b, self._range, rows, self._reserve, loc, config, self._dtype)
+
+    def attach(self, ctx: Context) -> ForwardInputs:
+        """Create the placed batch's inputs on ``ctx``: its mask (§8.4) and cell indices.
+
+        ``put`` and ``get`` then use them; they are returned so that a graph kept for later
+        batches can have them rewritten by :meth:`refill`.
+
+        Raises:
+            RuntimeError: No batch is placed.
+        """
+        layout = self.layout()
+        b = len(self._batch[0])
+        mask, values = self._build_mask(ctx, "start_forward")
+        cell_ids = ctx.input().from_int_slice(range(self._loc, self._loc + b), b)
+        self._inputs = ForwardInputs(layout, mask, values, cell_ids)
+        return self._inputs
+
+    def refill(self, inputs: ForwardInputs) -> None:
+        """Write the placed batch's mask and cell indices into ``inputs`` (made by
+        :meth:`attach` for an earlier batch of the same layout) and make them current.
+
+        The graph those inputs belong to then computes the placed batch exactly as a graph
+        built for it by :meth:`start_forward` would.
+
+        Raises:
+            ValueError: ``inputs`` were made for another layout, or for sizing (``reserve``).
+            RuntimeError: No batch is placed.
+        """
+        from mlplug.context import overwrite
+
+        config, _ = self._ready("refill")
+        layout = self.layout()
+        if inputs.layout != layout or inputs.mask_values is None:
+            raise ValueError(
+                "Causal.refill: the inputs were made for another layout (or for reserve)"
+            )
+        positions, sequences = self._batch
+        rows = _roundup(len(positions), config.mask_batch_padding)
+        overwrite(
+            inputs.mask_values,
+            self._cells.mask(
+                self._range, positions, sequences, self._except, rows, self._chunk, self._window
+            ),
+        )
+        b = len(positions)
+        overwrite(inputs.cell_ids, range(self._loc, self._loc + b))
+        for per_token, ids in inputs.value_ids.items():
+            overwrite(ids, self._transposed_values(per_token))
+        self._inputs = inputs
 
     def _check_batch(self, positions: list[int], sequences: list[int], reserve: bool) -> None:
         """Refuse a batch the cache was not sized for, or one that contradicts its contents."""
@@ -373,21 +477,24 @@ class Causal:
                 f"{what}: sequence {held[0]} already holds position {held[1]} (remove it first)"
             )
 
-    def _build_mask(self, ctx: Context, what: str) -> Tensor:
+    def _build_mask(self, ctx: Context, what: str) -> tuple[Tensor, Tensor | None]:
+        """Return the mask ``get`` returns and the F32 input holding its values (``None`` for
+        the uninitialised mask of ``reserve``)."""
         config, _ = self._ready(what)
         positions, sequences = self._batch
         rows = _roundup(len(positions), config.mask_batch_padding)
         if self._reserve:
-            return ctx.input().empty(config.mask_dtype, self._cells.n, rows)
+            return ctx.input().empty(config.mask_dtype, self._cells.n, rows), None
         values = self._cells.mask(
             self._range, positions, sequences, self._except, rows, self._chunk, self._window
         )
         length = values.shape[1]
-        mask = ctx.input().from_float_slice(values, length, rows)
+        source = ctx.input().from_float_slice(values, length, rows)
+        mask = source
         if config.mask_dtype is not DType.F32:
             mask = mask.copy(ctx, ctx.input().empty(config.mask_dtype, length, rows))
             ctx.forward(mask)
-        return mask
+        return mask, source
 
     def set_causal(self, ctx: Context | None, except_tokens: Sequence[int] = ()) -> None:
         """Skip the causal condition for the batch tokens ``except_tokens``.
@@ -399,8 +506,8 @@ class Causal:
         if exempt == self._except:
             return
         self._except = exempt
-        if ctx is not None and self._batch[0]:
-            self._mask = self._build_mask(ctx, "set_causal")
+        if ctx is not None and self._batch[0] and self._inputs is not None:
+            self._inputs.mask, self._inputs.mask_values = self._build_mask(ctx, "set_causal")
 
     def _defrag(self) -> None:
         """Move occupied cells from the end into the holes at the front: data, then metadata."""
@@ -474,8 +581,10 @@ class Causal:
         # Written through the batch's cell indices (set_rows), not views at the cells: the
         # graph's structure then does not depend on where the batch lands, and the engine
         # reuses its plan from one decode step to the next.
-        cells = self._cell_ids
-        assert cells is not None
+        inputs = self._inputs
+        if inputs is None:
+            raise RuntimeError("Causal.put: call start_forward() first")
+        cells = inputs.cell_ids
         n = self._cells.n
         ctx.forward(
             _rows_of(ctx, key, dk * hkv, b).set_rows(
@@ -487,9 +596,11 @@ class Causal:
             ctx.forward(_rows_of(ctx, value, dv * hkv, b).set_rows(ctx, dst, cells))
         elif not v_store.dtype().is_block:
             # V is [L, Dv, Hkv]: each value is a row of one element, at cell + L·(d + Dv·h).
-            ids = self._value_ids.get((dv, hkv))
+            ids = inputs.value_ids.get(dv * hkv)
             if ids is None:
-                ids = self._value_ids[(dv, hkv)] = self._transposed_ids(ctx, dv * hkv)
+                values = self._transposed_values(dv * hkv)
+                ids = ctx.input().from_int_slice(values, values.size)
+                inputs.value_ids[dv * hkv] = ids
             dst = _rows_of(ctx, v_store, 1, n * dv * hkv)
             ctx.forward(_rows_of(ctx, value, 1, dv * hkv * b).set_rows(ctx, dst, ids))
         else:
@@ -498,14 +609,13 @@ class Causal:
             dst = v_store.view(ctx, el * self._loc, b, n * el, dv * hkv)
             ctx.forward(value.permute(ctx, 1, 2, 0, 3).copy(ctx, dst))
 
-    def _transposed_ids(self, ctx: Context, per_token: int) -> Tensor:
+    def _transposed_values(self, per_token: int) -> np.ndarray:
         """Return the element indices of the batch's values in a transposed V cache."""
         import numpy as np
 
         b, n = len(self._batch[0]), self._cells.n
         cells = np.arange(self._loc, self._loc + b, dtype=np.int64)
-        ids = (cells[:, None] + n * np.arange(per_token, dtype=np.int64)[None, :]).reshape(-1)
-        return ctx.input().from_int_slice(ids, ids.size)
+        return (cells[:, None] + n * np.arange(per_token, dtype=np.int64)[None, :]).reshape(-1)
 
     def _storage(self, dk: int, hkv: int, dv: int) -> tuple[Tensor, Tensor]:
         """Return the current layer's K and V, creating them on first use."""
@@ -546,7 +656,8 @@ class Causal:
         ``permuted_v``; ``mask`` is the batch's ``[L, Bp]`` mask.
         """
         config, _ = self._ready("get")
-        if self._mask is None:
+        inputs = self._inputs
+        if inputs is None:
             raise RuntimeError("Causal.get: call start_forward() first")
         key = self._keys.get(self._layer)
         if key is None:
@@ -577,7 +688,7 @@ class Causal:
                 value.stride(2),
                 length,
             )
-        return k, v, self._mask
+        return k, v, inputs.mask
 
     # -- sequence operations (§8.5) -------------------------------------------------------------
 

@@ -6,19 +6,20 @@ keeps one ``Causal`` per distinct window and sends each layer to its own: the wi
 holds only ``max_sequences · (w + 1) + max_batch`` cells instead of the full capacity (as
 llama.cpp's "iSWA" cache does). To the model and :func:`mlplug.nn.attention` this object is one
 cache: ``set_layer`` picks the layer's cache, ``put``/``get`` go to it, and everything that
-concerns the sequences (``start_forward``, ``remove``, ``copy_prefix``, ``close``) goes to all.
+concerns the sequences (``start_forward`` and its parts ``place``/``attach``/``refill``,
+``remove``, ``copy_prefix``, ``close``) goes to all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlplug.backend import Backend
     from mlplug.context import Context
     from mlplug.dtype import DType
-    from mlplug.kvcache import Causal
+    from mlplug.kvcache import Causal, ForwardInputs
     from mlplug.params import CacheConfig
     from mlplug.tensor import Tensor
 
@@ -36,7 +37,7 @@ class LayerCaches:
         ValueError: A layer's window has no cache.
     """
 
-    __slots__ = ("_caches", "_current", "_windows")
+    __slots__ = ("__weakref__", "_caches", "_current", "_windows")
 
     def __init__(self, caches: dict[int | None, Causal], windows: Sequence[int | None]) -> None:
         missing = {w for w in windows if w not in caches}
@@ -118,6 +119,27 @@ class LayerCaches:
         """Place the batch in every cache and build each one's mask."""
         for cache in self._caches.values():
             cache.start_forward(ctx, batch, reserve=reserve)
+
+    def place(self, batch: Any, reserve: bool = False) -> None:
+        """Place the batch in every cache (``Causal.place``), building nothing."""
+        for cache in self._caches.values():
+            cache.place(batch, reserve=reserve)
+
+    def layout(self) -> Hashable:
+        """Return the layouts of every cache (``Causal.layout``): equal layouts, equal graphs."""
+        return tuple(cache.layout() for cache in self._caches.values())
+
+    def attach(self, ctx: Context) -> tuple[ForwardInputs, ...]:
+        """Create every cache's inputs for the placed batch on ``ctx`` (``Causal.attach``)."""
+        return tuple(cache.attach(ctx) for cache in self._caches.values())
+
+    def refill(self, inputs: tuple[ForwardInputs, ...]) -> None:
+        """Rewrite inputs made by :meth:`attach` for the placed batch (``Causal.refill``)."""
+        caches = list(self._caches.values())
+        if len(inputs) != len(caches):
+            raise ValueError(f"[LayerCaches] {len(inputs)} inputs for {len(caches)} caches")
+        for cache, own in zip(caches, inputs, strict=True):
+            cache.refill(own)
 
     def remove(self, seq: int, begin: int, end: int | None = None) -> None:
         """Remove positions ``begin … end−1`` of ``seq`` (``seq < 0``: every sequence)."""

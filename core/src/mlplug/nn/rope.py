@@ -208,6 +208,22 @@ class RoPE:
         inp = ctx.input()
         return RopeTables(inp.from_float_slice(cos, *shape), inp.from_float_slice(sin, *shape), n)
 
+    def refill(self, tables: RopeTables, positions: Sequence[int] | np.ndarray) -> None:
+        """Overwrite ``tables`` (made by :meth:`tables` for as many tokens) with ``positions``'.
+
+        Raises:
+            ShapeError: ``positions`` has another length than the tables were made for.
+        """
+        from mlplug.context import overwrite
+
+        if len(positions) != tables.n_tokens:
+            raise ShapeError(
+                f"[RoPE] {len(positions)} positions for tables of {tables.n_tokens} tokens"
+            )
+        cos, sin = self.config.angles(positions, self.factors)
+        overwrite(tables.cos, cos)
+        overwrite(tables.sin, sin)
+
     def __call__(self, ctx: Context, x: Tensor, tables: RopeTables) -> Tensor:
         """Rotate ``x`` ``[D, H, T]`` (F32) by the positions of ``tables``; return ``[D, H, T]``."""
         d, heads, tokens = x.dim(0), x.dim(1), x.dim(2)

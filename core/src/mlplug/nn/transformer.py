@@ -20,10 +20,14 @@ that window (:class:`mlplug.nn.LayerCaches` when windows differ between layers).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mlplug.context import is_closed, release_results
 from mlplug.dtype import DType
 from mlplug.errors import ModelFileError, ShapeError
 from mlplug.nn._attention import attention
@@ -425,7 +429,17 @@ class Decoder:
     architectures: ClassVar[tuple[str, ...]] = ()
     """The ``general.architecture`` values this class runs."""
 
-    __slots__ = ("_ropes", "backend", "blocks", "config", "embedding", "output", "output_norm")
+    __slots__ = (
+        "_kept",
+        "_kept_lock",
+        "_ropes",
+        "backend",
+        "blocks",
+        "config",
+        "embedding",
+        "output",
+        "output_norm",
+    )
 
     def __init__(self, backend: Backend, config: TransformerConfig | None = None) -> None:
         where = model_source(backend)
@@ -451,6 +465,8 @@ class Decoder:
         self.output_norm = RMSNorm(require(backend, "output_norm.weight"), cfg.eps)
         self.output = Linear.from_backend(backend, "output")
         self._ropes: list[RoPE] | None = None
+        self._kept: dict[int, _KeptGraphs] = {}  # by id(cache); see forward
+        self._kept_lock = threading.Lock()
 
     # -- what an architecture defines -----------------------------------------------------------
 
@@ -627,11 +643,17 @@ class Decoder:
         then adds every layer's nodes to ``ctx``. The caller forwards and computes the result.
         With ``reserve=True`` the cache is only sized (nothing is stored) — for ``ctx.reserve()``.
         """
+        cache.start_forward(ctx, batch, reserve=reserve)
+        return self._graph(ctx, cache, batch)[0]
+
+    def _graph(self, ctx: Context, cache: Any, batch: Batch) -> tuple[Tensor, _Inputs]:
+        """Add the nodes of ``batch`` to ``ctx`` over a cache whose batch is attached; return
+        the logits and the inputs made for it (what a kept graph refills)."""
         cfg = self.config
         n = len(batch.tokens)
-        cache.start_forward(ctx, batch, reserve=reserve)
         inp = ctx.input()
-        x = self.embedding(ctx, inp.from_int_slice(list(batch.tokens), n))  # [n_embd, T]
+        tokens = inp.from_int_slice(list(batch.tokens), n)
+        x = self.embedding(ctx, tokens)  # [n_embd, T]
         if self.embed_scale is not None:
             x = x.scale(ctx, self.embed_scale)
         outputs = list(batch.outputs) or [n - 1]
@@ -640,15 +662,16 @@ class Decoder:
             x = x.rows(ctx, out_ids)
         if self._ropes is None:
             self._ropes = self.layer_ropes()
-        tables: dict[int, RopeTables] = {}
+        tables: dict[int, tuple[RoPE, RopeTables]] = {}
         for il, block in enumerate(self.blocks):
             rope = self._ropes[il]
             if id(rope) not in tables:
-                tables[id(rope)] = rope.tables(ctx, batch.positions)
+                tables[id(rope)] = (rope, rope.tables(ctx, batch.positions))
             # Only the output tokens matter past the last attention.
             rows = out_ids if il == cfg.n_layer - 1 else None
-            x = block(ctx, x, rope, tables[id(rope)], cache, il, rows)
-        return self.output(ctx, self.output_norm(ctx, x))
+            x = block(ctx, x, rope, tables[id(rope)][1], cache, il, rows)
+        logits = self.output(ctx, self.output_norm(ctx, x))
+        return logits, _Inputs(tokens, out_ids, tuple(tables.values()))
 
     def reserve(self, cache: Any, n_tokens: int) -> None:
         """Allocate the KV cache and the compute buffers of a worst-case batch of ``n_tokens``.
@@ -671,13 +694,155 @@ class Decoder:
         """Run one batch through the model; return the logits, numpy ``(len(outputs), n_vocab)``.
 
         The batch's keys and values are stored in ``cache``, so the next call continues the
-        sequences.
+        sequences. The graph of a small batch (up to :data:`KEEP_TOKENS` tokens: decode steps,
+        server batches) is kept with the cache and computed again, its inputs refilled, for the
+        next batch of the same structure (see :meth:`structure`); with a cache of
+        :mod:`mlplug.kvcache` or :class:`LayerCaches`, anything else is built for the call.
         """
-        ctx = self.backend.new_context()
+        if len(batch.tokens) > KEEP_TOKENS or not _refillable(cache):
+            ctx = self.backend.new_context()
+            try:
+                logits = self.build(ctx, cache, batch)
+                ctx.forward(logits).compute(logits)
+                values = logits.numpy()
+            finally:
+                ctx.close()
+            return values.reshape(-1, self.n_vocab)
+        cache.place(batch)
+        key = self.structure(cache, batch)
+        kept = self._kept_for(cache)
+        graph = kept.get(key)
+        if graph is None:
+            ctx = self.backend.new_context()
+            try:
+                attached = cache.attach(ctx)
+                logits, inputs = self._graph(ctx, cache, batch)
+                ctx.forward(logits)
+            except BaseException:
+                ctx.close()
+                raise
+            graph = _Kept(ctx, logits, inputs, attached)
+            kept.add(key, graph)
+        else:
+            graph.inputs.refill(batch)
+            cache.refill(graph.cache_inputs)
         try:
-            logits = self.build(ctx, cache, batch)
-            ctx.forward(logits).compute(logits)
-            values = logits.numpy()
+            graph.ctx.compute(graph.logits)
+            values = graph.logits.numpy()
+        except BaseException:
+            kept.drop(key)
+            raise
         finally:
-            ctx.close()
+            release_results(graph.ctx)
         return values.reshape(-1, self.n_vocab)
+
+    def structure(self, cache: Any, batch: Batch) -> Hashable:
+        """Return what the structure of :meth:`forward`'s graph for ``batch`` depends on.
+
+        The batch's size and outputs (all tokens, or how many), and the cache's ``layout()``
+        for the batch it has placed (sizes, the history's padded length, the config: flash
+        attention or not). Graphs of equal structures differ only in their inputs' values.
+        """
+        n = len(batch.tokens)
+        outputs = list(batch.outputs) or [n - 1]
+        out = None if outputs == list(range(n)) else len(outputs)
+        return (n, out, cache.layout())
+
+    def _kept_for(self, cache: Any) -> _KeptGraphs:
+        """Return the graphs kept for ``cache`` (closed when the cache is collected)."""
+        with self._kept_lock:
+            kept = self._kept.get(id(cache))
+            if kept is None or kept.cache() is not cache:
+                table, lock = self._kept, self._kept_lock
+
+                def gone(_: object, key: int = id(cache)) -> None:
+                    with lock:
+                        dead = table.pop(key, None)
+                    if dead is not None:
+                        dead.close()
+
+                kept = self._kept[id(cache)] = _KeptGraphs(weakref.ref(cache, gone))
+            return kept
+
+    def close_graphs(self) -> None:
+        """Close every graph kept by :meth:`forward` (they are rebuilt when needed)."""
+        with self._kept_lock:
+            kept, self._kept = list(self._kept.values()), {}
+        for graphs in kept:
+            graphs.close()
+
+
+KEEP_TOKENS = 64
+"""The largest batch whose graph :meth:`Decoder.forward` keeps for reuse."""
+
+KEEP_GRAPHS = 4
+"""Graphs kept per cache (the least recently used is closed first)."""
+
+
+def _refillable(cache: Any) -> bool:
+    return all(callable(getattr(cache, m, None)) for m in ("place", "layout", "attach", "refill"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """The model's own inputs of a graph: token ids, output rows and RoPE tables."""
+
+    tokens: Tensor
+    out_ids: Tensor | None
+    tables: tuple[tuple[RoPE, RopeTables], ...]
+
+    def refill(self, batch: Batch) -> None:
+        """Overwrite them with ``batch``'s values (a batch of the graph's structure)."""
+        from mlplug.context import overwrite
+
+        overwrite(self.tokens, batch.tokens)
+        if self.out_ids is not None:
+            overwrite(self.out_ids, list(batch.outputs) or [len(batch.tokens) - 1])
+        for rope, tables in self.tables:
+            rope.refill(tables, batch.positions)
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A graph kept between calls: its context, logits, and the inputs refilled each time."""
+
+    ctx: Context
+    logits: Tensor
+    inputs: _Inputs
+    cache_inputs: Any
+
+
+class _KeptGraphs:
+    """The graphs kept for one cache, by structure, least recently used first."""
+
+    __slots__ = ("cache", "graphs")
+
+    def __init__(self, cache: weakref.ref[Any]) -> None:
+        self.cache = cache
+        self.graphs: OrderedDict[Hashable, _Kept] = OrderedDict()
+
+    def get(self, key: Hashable) -> _Kept | None:
+        graph = self.graphs.get(key)
+        if graph is None:
+            return None
+        if is_closed(graph.ctx):  # closed under it (the backend closed): build again
+            del self.graphs[key]
+            return None
+        self.graphs.move_to_end(key)
+        return graph
+
+    def add(self, key: Hashable, graph: _Kept) -> None:
+        self.graphs[key] = graph
+        while len(self.graphs) > KEEP_GRAPHS:
+            _, old = self.graphs.popitem(last=False)
+            old.ctx.close()
+
+    def drop(self, key: Hashable) -> None:
+        graph = self.graphs.pop(key, None)
+        if graph is not None:
+            graph.ctx.close()
+
+    def close(self) -> None:
+        graphs, self.graphs = list(self.graphs.values()), OrderedDict()
+        for graph in graphs:
+            graph.ctx.close()
