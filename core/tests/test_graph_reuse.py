@@ -308,3 +308,23 @@ def test_overwrite_checks_what_it_writes(tmp_path: Path) -> None:
             overwrite(ids, [1, 2, 3])
     finally:
         backend.close()
+
+
+def test_computing_again_after_a_read_buffer_was_closed_is_refused(tmp_path: Path) -> None:
+    # The engine reuses the device records of a graph computed again without looking at its
+    # leaves: a buffer of another context that has been closed since must still be noticed.
+    backend, _ = _open(_llama(tmp_path / "m.gguf"), flash=False)
+    try:
+        source = backend.new_context()
+        ctx = backend.new_context()
+        x = source.input().from_float_slice([1.0, 2.0, 3.0], 3)
+        y = x.scale(ctx, 2.0)
+        ctx.forward(y).compute(y)
+        assert y.numpy().tolist() == [2.0, 4.0, 6.0]
+        ctx.compute(y)
+        source.close()
+        with pytest.raises(ContextError, match="closed context"):
+            ctx.compute(y)
+        ctx.close()
+    finally:
+        backend.close()

@@ -65,13 +65,27 @@ class _Program:
     for the steps whose arenas or leaf buffers changed since they were made.
     """
 
-    __slots__ = ("arenas", "bases", "leaf_steps", "plan", "records")
+    __slots__ = (
+        "arenas",
+        "bases",
+        "batches",
+        "families",
+        "leaf_steps",
+        "owner",
+        "plan",
+        "records",
+    )
 
     def __init__(self, plan: Plan, ix: GraphIndex) -> None:
         self.plan = plan
         self.records: list[Node | None] = [None] * len(plan.steps)
         self.arenas: tuple[Buffer | None, ...] = ()
         self.bases: list[tuple[Buffer | None, int] | None] = [None] * len(ix.leaves)
+        # The graph whose leaves the records were last checked against, and the work list
+        # made from them (device batches and transfers): both reused while nothing changed.
+        self.owner: GraphIndex | None = None
+        self.families: set[Family] = set()
+        self.batches: list[tuple[int, tuple[Node, ...]] | Step] | None = None
         self.leaf_steps: list[list[int]] = [[] for _ in ix.leaves]
         for k, step in enumerate(plan.steps):
             if step.node < 0:
@@ -83,13 +97,27 @@ class _Program:
                     self.leaf_steps[-1 - r].append(k)
 
     def valid_records(self, ix: GraphIndex, arenas: Sequence[Buffer | None]) -> list[Node | None]:
-        """Return the records, with those made stale by new arenas or leaf buffers cleared."""
-        if len(self.arenas) != len(arenas) or any(
-            a is not b for a, b in zip(self.arenas, arenas, strict=True)
-        ):
+        """Return the records, with those made stale by new arenas or leaf buffers cleared.
+
+        The same graph (``ix``, kept by its family's memo) computed again on the same arenas
+        has the same leaf buffers: nothing is checked then.
+        """
+        same_arenas = len(self.arenas) == len(arenas) and all(
+            a is b for a, b in zip(self.arenas, arenas, strict=True)
+        )
+        if same_arenas and self.owner is ix:
+            if any(f.closed for f in self.families):
+                raise ContextError("compute: a buffer the graph reads belongs to a closed context")
+            return self.records
+        self.owner = ix
+        self.families = {leaf._family for leaf in ix.leaves}
+        if any(f.closed for f in self.families):
+            raise ContextError("compute: a buffer the graph reads belongs to a closed context")
+        if not same_arenas:
             self.arenas = tuple(arenas)
             self.records = [None] * len(self.records)
             self.bases = [None] * len(self.bases)
+            self.batches = None
         records, bases = self.records, self.bases
         for j, leaf in enumerate(ix.leaves):
             storage = leaf._storage
@@ -99,6 +127,7 @@ class _Program:
                 for k in self.leaf_steps[j]:
                     records[k] = None
                 bases[j] = (storage.buffer, storage.offset)
+                self.batches = None
         return records
 
 
@@ -521,41 +550,40 @@ class GraphBackend:
         return TensorRef(buffer, base + meta.offset, meta.ne, meta.nb, meta.dtype)
 
     def _execute(self, ix: GraphIndex, program: _Program) -> None:
-        plan = program.plan
-        steps = plan.steps
         records = program.valid_records(ix, self._arenas)
+        work = program.batches
+        if work is None:
+            work = program.batches = self._work(ix, program.plan, records)
+        plan = program.plan
+        for item in work:
+            if isinstance(item, Step):
+                self._run_transfer(ix, plan, item)
+            else:
+                self.devices[item[0]].execute(item[1])
+
+    def _work(
+        self, ix: GraphIndex, plan: Plan, records: list[Node | None]
+    ) -> list[tuple[int, tuple[Node, ...]] | Step]:
+        """Return the plan as device batches of records (made where missing) and transfers."""
+        steps = plan.steps
+        work: list[tuple[int, tuple[Node, ...]] | Step] = []
         batch: list[Node] = []
         batch_device = -1
 
         def moved(t: int) -> Step | None:
             return steps[t] if t >= 0 else None
 
-        def flush() -> None:
-            nonlocal batch
-            if batch:
-                self.devices[batch_device].execute(batch)
-                batch = []
-
         for k, step in enumerate(steps):
             if step.node < 0:
-                flush()
-                src_buffer, src_base = self._base(ix, plan, step.source)
-                src_device = plan.placement.where(step.source)
-                self.devices[src_device].synchronize()
-                start, stop = step.span
-                arena = self._arenas[step.device]
-                assert arena is not None and step.slot is not None
-                self._transfer(
-                    src_device,
-                    step.device,
-                    (src_buffer, src_base + start),
-                    (arena, step.slot.offset),
-                    stop - start,
-                )
+                if batch:
+                    work.append((batch_device, tuple(batch)))
+                    batch = []
+                work.append(step)
                 continue
-            if step.device != batch_device:
-                flush()
-                batch_device = step.device
+            if step.device != batch_device and batch:
+                work.append((batch_device, tuple(batch)))
+                batch = []
+            batch_device = step.device
             record = records[k]
             if record is None:
                 i = step.node
@@ -569,7 +597,25 @@ class GraphBackend:
                     srcs = (srcs[0], out, *srcs[2:])
                 record = records[k] = Node(node._op or "", out, srcs, node._params)
             batch.append(record)
-        flush()
+        if batch:
+            work.append((batch_device, tuple(batch)))
+        return work
+
+    def _run_transfer(self, ix: GraphIndex, plan: Plan, step: Step) -> None:
+        """Copy a transfer step's span of its source root onto the step's device."""
+        src_buffer, src_base = self._base(ix, plan, step.source)
+        src_device = plan.placement.where(step.source)
+        self.devices[src_device].synchronize()
+        start, stop = step.span
+        arena = self._arenas[step.device]
+        assert arena is not None and step.slot is not None
+        self._transfer(
+            src_device,
+            step.device,
+            (src_buffer, src_base + start),
+            (arena, step.slot.offset),
+            stop - start,
+        )
 
     def _transfer(
         self, src: int, dst: int, source: tuple[Buffer, int], target: tuple[Buffer, int], n: int

@@ -20,6 +20,7 @@ that window (:class:`mlplug.nn.LayerCaches` when windows differ between layers).
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -758,7 +759,8 @@ class Decoder:
                 def gone(_: object, key: int = id(cache)) -> None:
                     with lock:
                         dead = table.pop(key, None)
-                    if dead is not None:
+                    # At interpreter exit the plugins' modules may be gone: nothing to free.
+                    if dead is not None and not sys.is_finalizing():
                         dead.close()
 
                 kept = self._kept[id(cache)] = _KeptGraphs(weakref.ref(cache, gone))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -86,7 +86,14 @@ class CpuDevice(CappedAllocator[CpuBuffer]):
             may run on (``os.sched_getaffinity``); larger requests are capped to that.
     """
 
-    __slots__ = ("alignment", "id", "kind", "name", "num_threads")
+    __slots__ = (
+        "_last",
+        "alignment",
+        "id",
+        "kind",
+        "name",
+        "num_threads",
+    )
 
     def __init__(
         self,
@@ -102,6 +109,9 @@ class CpuDevice(CappedAllocator[CpuBuffer]):
         self.kind = kind
         self.alignment = ALIGNMENT
         self.num_threads = usable_threads(num_threads)
+        # The last tuple of nodes executed, the kernel table then, and its kernel calls.
+        self._last: tuple[Sequence[Node], object, list[tuple[Callable[[Node], None], Node]]] | None
+        self._last = None
         super().__init__(memory_limit)
 
     def __repr__(self) -> str:
@@ -124,17 +134,28 @@ class CpuDevice(CappedAllocator[CpuBuffer]):
         """Run each node's kernel in order (synchronously).
 
         IEEE semantics apply (``x/0`` is ±inf, NaN propagates), so numpy's floating-point
-        warnings are silenced.
+        warnings are silenced. The kernels of the last tuple of nodes executed are remembered:
+        the engine hands the same tuple again for a graph computed again (a kept decode graph),
+        and the loop is then one call per node.
         """
+        last = self._last
+        if last is not None and last[0] is nodes and last[1] is KERNELS:
+            calls = last[2]
+        else:
+            calls = []
+            for node in nodes:
+                kernel = KERNELS.get(node.op)
+                if kernel is None:
+                    raise NotImplementedError(self.unsupported(node) or node.op)
+                calls.append((kernel, node))
+            if isinstance(nodes, tuple):  # immutable: the same object is the same work
+                self._last = (nodes, KERNELS, calls)
         with (
             _thread_limit(1),  # products large enough get more: native.blas_threads
             native.thread_count(self.num_threads),
             np.errstate(all="ignore"),
         ):
-            for node in nodes:
-                kernel = KERNELS.get(node.op)
-                if kernel is None:
-                    raise NotImplementedError(self.unsupported(node) or node.op)
+            for kernel, node in calls:
                 kernel(node)
 
     def synchronize(self) -> None:
@@ -142,6 +163,7 @@ class CpuDevice(CappedAllocator[CpuBuffer]):
 
     def close(self) -> None:
         """Free every buffer still allocated on this device."""
+        self._last = None
         self.close_buffers()
 
 
