@@ -251,3 +251,36 @@ def test_native_path_takes_supported_weights(h, path, dtype) -> None:
     a, b = _weight(h, dtype, k, 4), h.tensor(RNG.standard_normal((2, k)), k, 2)
     out, _ = h.out_for("mulmat", [a, b])
     assert native.weight_product(a, b, out) is (path == "native")
+
+
+@pytest.mark.skipif(not NATIVE_BUILT, reason="mlplug_cpu._native is not built")
+@pytest.mark.parametrize("dtype", BLOCK_TYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_padded_rows_and_every_isa(h, dtype, threads) -> None:
+    """Products straight through the extension: 1-3 threads, rows not a multiple of the
+    16-row tile, a row stride larger than a row (padding), decode and prompt batch sizes, on
+    every instruction set this CPU has; each against gguf's dequantisation."""
+    assert native._native is not None
+    ext, chosen = native._native, native._native.isa()
+    k, m, pad = 512, 149, 40
+    a = _weight(h, dtype, k, m)
+    w = _reference(a)[0, 0]
+    stored = np.ascontiguousarray(quant.raw(a)[0, 0]).reshape(m, -1)
+    padded = np.zeros((m, stored.shape[1] + pad), np.uint8)
+    padded[:, : stored.shape[1]] = stored
+    try:
+        for isa in ("generic", "avx2", "avx512vnni"):
+            if not ext.set_isa(isa):
+                continue
+            for n in (1, 3, 9, 20):
+                x = (RNG.standard_normal((n, k)) * RNG.uniform(0.01, 100, (n, 1))).astype(
+                    np.float32
+                )
+                out = np.full((n, m), np.nan, np.float32)
+                assert ext.matmul(
+                    dtype.ggml_type, padded, 0, padded.shape[1], x, 0, 4 * k, out, 0, 4 * m,
+                    m, k, n, threads,
+                )  # fmt: skip
+                _check_product("native", dtype, out, x, w)
+    finally:
+        assert ext.set_isa(chosen)

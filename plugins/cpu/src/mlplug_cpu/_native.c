@@ -4,7 +4,9 @@
  * * Block types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: the F32 activation
  *   is quantised once per product to int8 blocks of 32 and multiplied with integer dot products
  *   (AVX512-VNNI vpdpbusd, AVX2 maddubs, or portable C; _native_qdot.h), tiles of 4 weight rows
- *   x 4 activation rows.
+ *   x 4 activation rows; with AVX512-VNNI, Q4_0/Q4_1/Q8_0 use 16-row tiles on 512-bit
+ *   registers (a lane per weight row, the GGUF blocks transposed in registers) x up to 8
+ *   activation rows.
  * * F32, F16, BF16 (and the float path of Q8_0/Q4_0/Q4_K/Q6_K): each block is decoded to F32 in
  *   registers/L1 and FMA'd into F32 accumulators (_native_kernels.h).
  *
@@ -329,7 +331,9 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
                   .k = k,
                   .n = n};
         const int nth = pick_threads(threads, m_rows * k * (n < 8 ? n : 8));
-        jb.chunk = m_rows >= 64 * nth ? 16 : 4;
+        /* Chunks of whole 16-row tiles (the VNNI kernels' unit), about 8 or more per thread. */
+        const int64_t tiles = m_rows / (16 * 8 * nth);
+        jb.chunk = m_rows >= 16 * 2 * nth ? 16 * (tiles < 1 ? 1 : tiles > 8 ? 8 : tiles) : 4;
         int ok = 1;
         if (KINDS[kind].qkind >= 0) {
             const int64_t nb = k / QK;

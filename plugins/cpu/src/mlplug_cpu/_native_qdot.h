@@ -391,6 +391,191 @@ static inline __attribute__((always_inline)) __m256i SFX(lane_bias)(__m256i x, i
     }
 #endif
 
+#ifdef QDOT_VNNI
+/* ---- 16-row tiles on 512-bit registers (VNNI only) ----------------------------------------
+ *
+ * Lane r (a dword) of every zmm belongs to weight row r of a 16-row tile, so one vpdpbusd adds
+ * 4 code x activation products for each of 16 rows, a block's dot products end fully reduced
+ * per row, and the per-block scales are one vector (16 F16 values gathered from the rows).
+ * The rows stay in GGUF layout: each block's code bytes are transposed in registers (16 loads
+ * of 16 bytes, then a 4x4 dword transpose within 128-bit lanes). The activation's 4-byte
+ * groups come as embedded broadcasts from memory. One set of weight registers serves up to
+ * T16_RN activation rows. Types: Q4_0, Q4_1 (nibble codes) and Q8_0 (byte codes, made
+ * unsigned by flipping the sign bit: w + 128, corrected with the activation's block sums).
+ */
+#define T16_RN 8
+#ifndef PF_DIST
+#define PF_DIST 1024
+#endif
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T1
+#endif
+
+/* out[g] dword r = bytes 4g..4g+3 of the 16 bytes at p + r*rs (r = 0..15). */
+static inline __attribute__((always_inline)) void SFX(t16_transpose)(const uint8_t *p,
+                                                                     ptrdiff_t rs,
+                                                                     __m512i out[4]) {
+    /* Row addresses from 4 bases and the strides rs, 2rs, 3rs (x86 addressing modes): the
+     * empty asm keeps GCC from hoisting 16 row pointers out of the loop and spilling them. */
+    __asm__("" : "+r"(rs));
+    const ptrdiff_t rs3 = 3 * rs;
+    const uint8_t *base[4] = {p, p + 4 * rs, p + 8 * rs, p + 12 * rs};
+    const ptrdiff_t step[4] = {0, rs, 2 * rs, rs3};
+    __m512i a[4];
+    for (int c = 0; c < 4; c++) { /* 128-bit lane i of a[c] = row 4i + c */
+#ifdef T16_BCAST
+        /* masked broadcast loads: the merge is a blend (any vector pipe), not a shuffle */
+        __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(base[0] + step[c])));
+        v = _mm512_mask_broadcast_i32x4(v, 0x00f0, _mm_loadu_si128((const __m128i *)(base[1] + step[c])));
+        v = _mm512_mask_broadcast_i32x4(v, 0x0f00, _mm_loadu_si128((const __m128i *)(base[2] + step[c])));
+        a[c] = _mm512_mask_broadcast_i32x4(v, 0xf000, _mm_loadu_si128((const __m128i *)(base[3] + step[c])));
+#else
+        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(base[0] + step[c])));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(base[1] + step[c])), 1);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(base[2] + step[c])), 2);
+        a[c] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(base[3] + step[c])), 3);
+#endif
+    }
+    const __m512i t0 = _mm512_unpacklo_epi32(a[0], a[1]), t1 = _mm512_unpackhi_epi32(a[0], a[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(a[2], a[3]), t3 = _mm512_unpackhi_epi32(a[2], a[3]);
+    out[0] = _mm512_unpacklo_epi64(t0, t2);
+    out[1] = _mm512_unpackhi_epi64(t0, t2);
+    out[2] = _mm512_unpacklo_epi64(t1, t3);
+    out[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+static inline __attribute__((always_inline)) __m512i SFX(bcast4)(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* F16 values at p + idx[r] (r = 0..15; bits 0-15 of the dword there, or 16-31 if HIGH). */
+static inline __attribute__((always_inline)) __m512 SFX(t16_halves)(__m512i gathered, int high) {
+    if (high) gathered = _mm512_srli_epi32(gathered, 16);
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(gathered));
+}
+
+/* KIND: 0 Q4_0, 1 Q4_1, 2 Q8_0. TS bytes per block, codes at byte CO of a block. Writes
+ * o[c*os + r] for the 16 rows at w and RN activation rows. */
+static inline __attribute__((always_inline)) void SFX(t16_tile)(
+    const uint8_t *w, ptrdiff_t w_rs, const int8_t *xq, const xblock *xb, int64_t k, float *o,
+    ptrdiff_t os, int more, const int KIND, const int TS, const int CO, const int RN) {
+    const int64_t nb = k / QK, rowlen = nb * TS;
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                                             11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)w_rs));
+    const __m512i low4 = _mm512_set1_epi8(15), flip = _mm512_set1_epi8((char)0x80);
+    const float bias = KIND == 0 ? -8.0f : KIND == 2 ? -128.0f : 0.0f;
+    __m512 acc[T16_RN];
+    for (int c = 0; c < RN; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nb; j++) {
+        const uint8_t *blk = w + j * TS;
+        if (RN <= 2 && (j & 3) == 0) { /* decode: prefetch ahead, into the next tile at the end */
+            /* (the next tile only when this thread takes it: `more`) */
+            const int64_t ahead = j * TS + PF_DIST;
+            const uint8_t *pf = ahead < rowlen ? w + ahead : w + 16 * w_rs + (ahead - rowlen);
+            if (ahead < rowlen || more)
+                for (int r = 0; r < 16; r++)
+                    _mm_prefetch((const char *)(pf + r * w_rs), PF_HINT);
+        }
+        const __m512i head = _mm512_i32gather_epi32(idx, (const void *)blk, 1);
+        const __m512 d = SFX(t16_halves)(head, 0);
+        __m512 m = _mm512_setzero_ps();
+        if (KIND == 1) m = SFX(t16_halves)(head, 1);
+        __m512i u[8]; /* u[g]: elements 4g..4g+3 (Q8_0: of the first or second 16 bytes) */
+        __m512i t[4];
+        SFX(t16_transpose)(blk + CO, w_rs, t);
+        if (KIND == 2) {
+            for (int g = 0; g < 4; g++) u[g] = _mm512_xor_si512(t[g], flip);
+            SFX(t16_transpose)(blk + CO + 16, w_rs, t);
+            for (int g = 0; g < 4; g++) u[4 + g] = _mm512_xor_si512(t[g], flip);
+        } else {
+            for (int g = 0; g < 4; g++) {
+                u[g] = _mm512_and_si512(t[g], low4);
+                u[4 + g] = _mm512_and_si512(_mm512_srli_epi16(t[g], 4), low4);
+            }
+        }
+        for (int c = 0; c < RN; c++) {
+            const int8_t *x = xq + c * k + j * QK;
+            const xblock xi = xb[c * nb + j];
+            /* four short chains (a long one would hold the out-of-order window) */
+            __m512i s[4];
+            for (int g = 0; g < 4; g++)
+                s[g] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[g], SFX(bcast4)(x + 4 * g));
+            for (int g = 0; g < 4; g++)
+                s[g] = _mm512_dpbusd_epi32(s[g], u[4 + g], SFX(bcast4)(x + 16 + 4 * g));
+            const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(s[0], s[1]),
+                                                 _mm512_add_epi32(s[2], s[3]));
+            const __m512 dot = _mm512_cvtepi32_ps(sum);
+            if (KIND == 1) {
+                acc[c] = _mm512_fmadd_ps(m, _mm512_set1_ps(xi.s), acc[c]);
+                acc[c] = _mm512_fmadd_ps(d, _mm512_mul_ps(dot, _mm512_set1_ps(xi.d)), acc[c]);
+            } else {
+                const __m512 v =
+                    _mm512_fmadd_ps(dot, _mm512_set1_ps(xi.d), _mm512_set1_ps(bias * xi.s));
+                acc[c] = _mm512_fmadd_ps(d, v, acc[c]);
+            }
+        }
+    }
+    for (int c = 0; c < RN; c++) _mm512_storeu_ps(o + c * os, acc[c]);
+}
+
+#define T16_CASES(KIND, TS, CO)                                                               \
+    switch (rn) {                                                                             \
+        case 1: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 1); break;          \
+        case 2: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 2); break;          \
+        case 3: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 3); break;          \
+        case 4: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 4); break;          \
+        case 5: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 5); break;          \
+        case 6: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 6); break;          \
+        case 7: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 7); break;          \
+        default: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 8); break;         \
+    }
+
+/* Rows [m0, m0 + 16*tiles) of every activation row; returns the first row not done. */
+#define DEFINE_T16(T, KIND, TS, CO)                                                           \
+    static int64_t SFX(t16_##T)(const uint8_t *w, ptrdiff_t w_rs, int64_t m0, int64_t m1,      \
+                                const int8_t *xq, const xblock *xb, int64_t k, int64_t n,     \
+                                float *o, ptrdiff_t os) {                                     \
+        const int64_t nb = k / QK, end = m0 + (m1 - m0) / 16 * 16;                           \
+        if (w_rs > (1 << 26)) return m0; /* gather offsets are 32-bit */                       \
+        for (int64_t c = 0; c < n; c += T16_RN) {                                             \
+            const int rn = n - c < T16_RN ? (int)(n - c) : T16_RN;                            \
+            const int8_t *xqc = xq + c * k;                                                   \
+            const xblock *xbc = xb + c * nb;                                                  \
+            for (int64_t m = m0; m < end; m += 16) {                                          \
+                const uint8_t *wm = w + m * w_rs;                                             \
+                float *oc = o + c * os + m;                                                   \
+                const int more = m + 16 < end;                                                \
+                T16_CASES(KIND, TS, CO)                                                       \
+            }                                                                                 \
+        }                                                                                     \
+        return end;                                                                           \
+    }
+
+DEFINE_T16(q4_0, 0, 18, 2)
+DEFINE_T16(q4_1, 1, 20, 4)
+DEFINE_T16(q8_0, 2, 34, 2)
+#undef DEFINE_T16
+#undef T16_CASES
+#define T16_q4_0(...) m0 = SFX(t16_q4_0)(__VA_ARGS__)
+#define T16_q4_1(...) m0 = SFX(t16_q4_1)(__VA_ARGS__)
+#define T16_q8_0(...) m0 = SFX(t16_q8_0)(__VA_ARGS__)
+#endif
+#ifndef T16_q4_0
+#define T16_q4_0(...) (void)0
+#define T16_q4_1(...) (void)0
+#define T16_q8_0(...) (void)0
+#endif
+#define T16_q5_0(...) (void)0
+#define T16_q5_1(...) (void)0
+#define T16_q2_k(...) (void)0
+#define T16_q3_k(...) (void)0
+#define T16_q4_k(...) (void)0
+#define T16_q5_k(...) (void)0
+#define T16_q6_k(...) (void)0
+
 /* o[c*os + m] for weight rows m in [m0, m1) and activation rows c in [0, n). */
 #define DEFINE_QGEMM(T, SGN, UNI, SHIFT, OFS, PB)                                               \
     DEFINE_QTILE(T, SGN, UNI, SHIFT, OFS, PB)                                                 \
@@ -398,6 +583,7 @@ static inline __attribute__((always_inline)) __m256i SFX(lane_bias)(__m256i x, i
                                const int8_t *xq, const xblock *xb, int64_t k, int64_t n,      \
                                float *o, ptrdiff_t os) {                                      \
         const int64_t nb = k / QK;                                                            \
+        T16_##T(w, w_rs, m0, m1, xq, xb, k, n, o, os);                                         \
         for (int64_t c = 0; c < n; c += 4) {                                                  \
             const int rn = n - c < 4 ? (int)(n - c) : 4;                                      \
             const int8_t *xqc = xq + c * k;                                                   \
@@ -435,6 +621,16 @@ DEFINE_QGEMM(q5_k, 0, 1, -1, 1, 22)
 DEFINE_QGEMM(q6_k, 0, 0, 5, 0, 26)
 
 #undef DEFINE_QGEMM
+#undef T16_q4_0
+#undef T16_q4_1
+#undef T16_q8_0
+#undef T16_q5_0
+#undef T16_q5_1
+#undef T16_q2_k
+#undef T16_q3_k
+#undef T16_q4_k
+#undef T16_q5_k
+#undef T16_q6_k
 #undef DEFINE_QTILE
 #undef UNPACK
 #undef UNPACK_RET
