@@ -50,6 +50,12 @@ def gather(
     if n == 0:
         return b""
     size, blocks0 = dtype.type_size, ne[0] // dtype.block_size
+    packed = nb[0] == size and nb[1] == size * blocks0 and nb[2] == nb[1] * ne[1]
+    if packed and nb[3] == nb[2] * ne[2]:  # the bytes are already in logical order
+        nbytes = nb[3] * ne[3]
+        if offset == 0 and len(span) == nbytes and isinstance(span, bytes):
+            return span
+        return bytes(memoryview(span).cast("B")[offset : offset + nbytes])
     base = np.frombuffer(span, dtype=np.uint8)
     view = np.lib.stride_tricks.as_strided(
         base[offset:],

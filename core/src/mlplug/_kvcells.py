@@ -130,6 +130,10 @@ class Cells:
                 continue
             lo, hi = rng
             held = np.frombuffer(self.member[s], dtype=np.bool_)[lo : hi + 1]
+            if len(ps) == 1:  # a decode step: one comparison, no set operation
+                if (held & (all_pos[lo : hi + 1] == ps[0])).any():
+                    return s, ps[0]
+                continue
             stored = all_pos[lo : hi + 1][held]
             clash = np.isin(np.array(ps, dtype=np.int64), stored)
             if clash.any():

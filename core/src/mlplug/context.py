@@ -319,6 +319,12 @@ def overwrite(t: Tensor, values: Any) -> None:
         raise DTypeError(f"overwrite: {dtype.name} buffers cannot be overwritten (F32 or I32)")
     if dtype is DType.F32:
         flat = np.asarray(values, dtype=np.float32).ravel()
+    elif isinstance(values, range):  # cell indices: checked by their ends
+        if values and (
+            min(values[0], values[-1]) < INT32_MIN or max(values[0], values[-1]) > INT32_MAX
+        ):
+            raise ValueError("overwrite: values outside the int32 range")
+        flat = np.arange(values.start, values.stop, values.step, dtype=np.int32)
     else:
         flat = np.asarray(values).ravel()
         if flat.size and flat.dtype.kind not in "iu":
