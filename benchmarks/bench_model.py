@@ -310,7 +310,7 @@ def run_mlplug(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     if args.profile:
         pos = args.prompt + len(decode)
         result["profile"] = _breakdown(model, cache, [N_SPECIAL + 256 + i for i in range(8)], pos)
-        pos += 8
+        pos += 16  # the breakdown's steps, then as many with no-op kernels
         result["profile"] += _profile(model, cache, Batch.single([N_SPECIAL + 256], pos), "decode")
         cache.remove(0, 0)
         result["profile"] += _profile(model, cache, Batch.single(prompt, 0), "prompt")
@@ -474,7 +474,26 @@ def _breakdown(model: Any, cache: Any, tokens: list[int], pos: int) -> str:
         f"framework per kernel call: {fw_w / max(nodes, 1) * 1e3:.1f} µs wall, "
         f"{fw_c / max(nodes, 1) * 1e3:.1f} µs CPU"
     )
+    # The framework alone: the same steps with every kernel a no-op (caches stay warm, so
+    # this is what the Python costs without the kernels evicting its data between calls).
+    alone = []
+    cpu_device.KERNELS = dict.fromkeys(saved_kernels, _no_op)
+    try:
+        for i, tok in enumerate(tokens):
+            c0 = clocks[1]()
+            model.forward(cache, Batch.single([tok], pos + len(tokens) + i))
+            alone.append(clocks[1]() - c0)
+    finally:
+        cpu_device.KERNELS = saved_kernels
+    out.append(
+        f"framework alone (kernels replaced by no-ops): {statistics.median(alone) * 1e3:.2f} ms "
+        "CPU per token"
+    )
     return "\n".join(out) + "\n\n"
+
+
+def _no_op(node: Any) -> None:
+    """A kernel that does nothing (the framework-alone steps of the breakdown)."""
 
 
 _BUILD = "graph building (new structures only)"
