@@ -60,6 +60,7 @@ __all__ = [
     "Device",
     "DeviceOutOfMemory",
     "EnginePlugin",
+    "FileWeight",
     "HostBuffer",
     "Meta",
     "Node",
@@ -69,6 +70,7 @@ __all__ = [
     "Release",
     "SupportsCacheConfig",
     "SupportsDirectCopy",
+    "SupportsFileWeights",
     "SupportsHostView",
     "SupportsWeightUpload",
     "TensorRef",
@@ -306,6 +308,40 @@ class SupportsDirectCopy(Protocol):
         Returns:
             Whether the copy was made (it may complete asynchronously, ordered before this
             device's later work); ``False`` leaves both buffers untouched.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FileWeight:
+    """A weight whose bytes a device may read from its own copy of the model file.
+
+    Attributes:
+        ref: Where the weight goes: its buffer, offset, GGUF dtype and layout.
+        file_offset: Absolute byte offset of the weight's data in the file.
+        nbytes: Its size in the file.
+    """
+
+    ref: TensorRef
+    file_offset: int
+    nbytes: int
+
+
+@runtime_checkable
+class SupportsFileWeights(Protocol):
+    """Optional: a device that loads its weights from its own copy of the model file.
+
+    ``load()`` offers every device that implements it the weights placed on it, in one call,
+    before copying any bytes (little-endian files only). A remote device reads them where it
+    runs instead of receiving them over the network.
+    """
+
+    def load_file_weights(self, path: str, weights: Sequence[FileWeight]) -> bool:
+        """Store ``weights`` from the device's copy of the GGUF file the engine opened at
+        ``path`` (as ``upload_weight`` would store their bytes), and wait for it.
+
+        Returns:
+            Whether they were loaded; ``False`` makes the engine copy them as usual.
         """
         ...
 

@@ -68,7 +68,7 @@ def test_devices_alloc_write_execute_read_and_cap(
             device.close()
 
 
-def test_conformance_ops_through_ray(
+def test_conformance_suite_through_ray(
     two_nodes: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runner = pytest.importorskip("mlplug_conformance.runner")
@@ -80,13 +80,28 @@ def test_conformance_ops_through_ray(
         execute(self, nodes)
 
     monkeypatch.setattr(RayDevice, "execute", counted)
-    rc = runner.main(["--backend", "ray", "--ops", "add"])
+    rc = runner.main(["--backend", "ray"])
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
     match = re.search(r"(\d+) cases on backend 'ray': 0 failed", out)
-    assert match and int(match.group(1)) > 0, out[-3000:]
-    # the cases ran on the node actors (cpu_fallback=False), one remote call per segment
+    assert match and int(match.group(1)) > 1000, out[-3000:]
+    # the cases ran on the node actors (cpu_fallback=False), one segment per case at least
     assert len(segments) >= int(match.group(1)) and all(n > 0 for n in segments)
+
+
+def test_conformance_memory_mode_through_ray(
+    ray_cluster: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = pytest.importorskip("mlplug_conformance.runner")
+    for name in ("MLPLUG_RAY_NODES", "MLPLUG_RAY_MEMORY_LIMIT", "MLPLUG_RAY_MODEL_PATHS"):
+        monkeypatch.delenv(name, raising=False)
+    rc = runner.main(["--backend", "ray", "--mode", "memory"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    # placement with 1, 2 and 3 node devices, caps, ErrNoMem, reserve, cache and load
+    assert re.search(r"9 memory checks on backend 'ray': 0 failed", out), out[-3000:]
+    for check in ("placement/3-gpus", "out-of-memory", "reserve-and-cache", "load"):
+        assert re.search(rf"pass +memory/{check}", out), out[-3000:]
 
 
 def _logits(backend_name: str) -> list[np.ndarray]:
@@ -126,7 +141,8 @@ def test_node_cap_gives_errnomem(two_nodes: Any, monkeypatch: pytest.MonkeyPatch
     assert [g.name for g in info.value.memory.gpus] == ["RAY0", "RAY1"]
 
 
-def test_killed_node_gives_clear_error_then_close_works(two_nodes: Any) -> None:
+@pytest.mark.parametrize("name", ["RAY0", "RAY1"])
+def test_killed_node_gives_clear_error_then_close_works(two_nodes: Any, name: str) -> None:
     ray = two_nodes
     params = mlplug.BackendParams(num_gpu_layers=99)
     backend = mlplug.new_backend(str(DEMO), params, backend="ray")
@@ -135,11 +151,13 @@ def test_killed_node_gives_clear_error_then_close_works(two_nodes: Any) -> None:
         model = Llama(backend)
         cache = model.new_cache(capacity=32)
         model.forward(cache, Batch.single(PROMPT))
-        victim = _device(backend, "RAY1")
+        model.forward(cache, Batch.single([11], start=len(PROMPT)))
+        victim = _device(backend, name)
         ray.kill(victim.actor, no_restart=True)
-        with pytest.raises(RayNodeError, match=r"\[RAY1\] node actor died") as info:
-            model.forward(cache, Batch.single([11], start=len(PROMPT)))
-        assert victim.node_id in str(info.value)
+        # the next decode step replays segments on both nodes and copies between them
+        with pytest.raises(RayNodeError, match=rf"\[{name}\] node actor died") as info:
+            model.forward(cache, Batch.single([12], start=len(PROMPT) + 1))
+        assert victim.node_id in str(info.value) and info.value.device == name
         cache.close()
     finally:
         backend.close()

@@ -7,7 +7,9 @@ with ``pread`` (straight into host buffers, else through a staging chunk) in chu
 16 MiB, reporting progress and honouring cancellation. It never touches the memory map, so a file
 truncated during the load raises ``GGUFError`` instead of killing the process with ``SIGBUS``.
 A tied ``output.weight`` on the same device as ``token_embd.weight`` is the same storage: no
-second allocation, no second copy, counted once (§6.5 rule 1).
+second allocation, no second copy, counted once (§6.5 rule 1). A device that reads weights from
+its own copy of the file (``SupportsFileWeights``: a remote node) is offered all of its weights
+in one call first; what it loads is not copied.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from mlplug.config import Config
 from mlplug.device import (
     Buffer,
     DeviceOutOfMemory,
+    FileWeight,
+    SupportsFileWeights,
     SupportsHostView,
     SupportsWeightUpload,
     TensorRef,
@@ -207,6 +211,22 @@ class Model:
         copies = [w for w in self.weights if not w.shares]
         total = sum(w.info.nbytes for w in copies)
         done = 0
+        # Devices that read their weights from their own copy of the file (SupportsFileWeights).
+        for index, device in enumerate(backend.devices):
+            mine = [w for w in copies if w.device == index]
+            if (
+                not mine
+                or not isinstance(device, SupportsFileWeights)
+                or self.file.byte_order == "big"
+            ):
+                continue
+            if _cancelled(cancel):
+                raise LoadCancelledError("load: cancelled")
+            if device.load_file_weights(self.file.path, [self._file_weight(w) for w in mine]):
+                copies = [w for w in copies if w.device != index]
+                done += sum(w.info.nbytes for w in mine)
+                if progress is not None and total:
+                    progress(min(done / total, 1.0))
         # Bytes are read with pread (GGUFFile.read_into), never through the memory map: a file
         # truncated under us then gives GGUFError instead of SIGBUS (SEMANTICS §6.6).
         staging: memoryview | None = None  # for buffers without a host view
@@ -256,6 +276,13 @@ class Model:
             backend.devices[index].synchronize()
         if progress is not None and (total == 0 or done / total < 1.0):
             progress(1.0)
+
+    @staticmethod
+    def _file_weight(w: _Weight) -> FileWeight:
+        assert w.tensor is not None and w.tensor._storage is not None
+        storage, meta = w.tensor._storage, w.tensor._meta
+        ref = TensorRef(storage.buffer, storage.offset, meta.ne, meta.nb, meta.dtype)
+        return FileWeight(ref, w.info.offset, w.info.nbytes)
 
     def free(self, backend: GraphBackend) -> None:
         """Free the weight storage and close the file."""

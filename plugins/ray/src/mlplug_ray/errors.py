@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["RayNodeError"]
+from mlplug.errors import ModelFileError
+
+__all__ = ["ModelFileMismatch", "RayNodeError"]
 
 
 class RayNodeError(RuntimeError):
@@ -28,3 +30,8 @@ class RayNodeError(RuntimeError):
 
 def _rebuild(message: str, device: str, node: str) -> RayNodeError:
     return RayNodeError(message, device=device, node=node)
+
+
+class ModelFileMismatch(ModelFileError):
+    """A node's copy of the model file is missing, or differs in size or SHA-256 from the
+    coordinator's; the message names the node device and the file. Nothing was loaded."""
