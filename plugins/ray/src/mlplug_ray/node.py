@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -91,6 +92,8 @@ class MlplugNode:
         self._uses: dict[int, set[int]] = {}  # handle -> ids of the segments using it
         self._empty: Buffer | None = None
         self._next = 0
+        self.busy_s = 0.0
+        """Seconds spent in :meth:`run` (for benchmarks: the node's share of a token)."""
 
     def start(self, params: BackendParams) -> dict[str, Any]:
         """Open a fresh local device with ``params`` (closing one left open); return
@@ -126,6 +129,10 @@ class MlplugNode:
             "free": device.free_memory(),
             "repacks": isinstance(device, SupportsWeightUpload),
         }
+
+    def busy(self) -> float:
+        """Return the seconds spent in :meth:`run` so far."""
+        return self.busy_s
 
     def free_memory(self) -> int:
         """Return the local device's free bytes."""
@@ -242,6 +249,13 @@ class MlplugNode:
         Raises:
             ValueError: An unknown kind of call.
         """
+        start = time.perf_counter()
+        try:
+            self._perform(ops)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    def _perform(self, ops: Sequence[Op]) -> None:
         failure: Exception | None = None
         for op in ops:
             kind = op[0]
