@@ -24,6 +24,7 @@ setup(
                 "src/mlplug_cpu/_native.c",
                 "src/mlplug_cpu/_native_pool.c",
                 "src/mlplug_cpu/_attention.c",
+                "src/mlplug_cpu/_native_ops.c",
             ],
             depends=[
                 "src/mlplug_cpu/_native_kernels.h",
@@ -31,6 +32,8 @@ setup(
                 "src/mlplug_cpu/_native_pool.h",
                 "src/mlplug_cpu/_native_qdot.h",
                 "src/mlplug_cpu/_attention_kernel.h",
+                "src/mlplug_cpu/_native_ops.h",
+                "src/mlplug_cpu/_native_ops_kernels.h",
             ],
             extra_compile_args=_COMPILE,
             extra_link_args=_LINK,

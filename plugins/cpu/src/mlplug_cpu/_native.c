@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "_native_half.h"
+#include "_native_ops.h"
 #include "_native_pool.h"
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -503,6 +504,7 @@ static PyMethodDef METHODS[] = {
      "Use the kernels of one instruction set (generic, avx2, avx512vnni); False if absent."},
     {"pool_workers", py_pool_workers, METH_NOARGS, "Worker threads the pool has started."},
     {"default_threads", py_default_threads, METH_NOARGS, "The CPUs this process may run on."},
+    MLPLUG_OPS_METHODS, /* the small ops (_native_ops.c) */
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,6 +5,11 @@ SEMANTICS §5.2-§5.3. Every op computes in F32 and rounds once to the result dt
 **tile** ``b`` over ``a`` (``b.ne[i]`` divides ``a.ne[i]``), which numpy broadcasting does not do
 by itself: :func:`tiled` splits each dim where ``b`` repeats into ``(repeats, b.ne[i])`` so that
 plain broadcasting over the ``repeats`` axis performs the tiling without copying ``b``.
+
+``add``/``sub``/``mul``/``div``, ``rope``, ``swiglu`` and ``geglu`` first try the C extension's
+small-op kernels (``_native_ops.c``: F32/F16/BF16 operands through their strides, a few µs per
+call at decode sizes, the pool's threads for prompt-sized calls); where it declines (not built,
+``MLPLUG_CPU_NATIVE=0``, a partial overlap of output and input) the numpy code below runs.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mlplug.device import Node, tile_shapes
+from mlplug_cpu.kernels import native
 from mlplug_cpu.kernels.quant import commit, dest, load, reshaped_view
 
 __all__ = ["KERNELS", "tiled"]
@@ -38,10 +44,14 @@ def tiled(ufunc: Ufunc, x: np.ndarray, y: np.ndarray, out: np.ndarray | None = N
     return out
 
 
-def _binary(ufunc: Ufunc) -> Callable[[Node], None]:
+def _binary(ufunc: Ufunc, code: int) -> Callable[[Node], None]:
+    # code: the native kernel's op number (0 add, 1 sub, 2 mul, 3 div).
     def kernel(node: Node) -> None:
         a, b = node.operand(0), node.operand(1)
         if node.out.n == 0:
+            return
+        ext = native.extension()
+        if ext is not None and ext.ops_binary(code, node.out, a, b, native.threads()):
             return
         o = dest(node.out)
         tiled(ufunc, load(a), load(b), out=o)
@@ -146,12 +156,16 @@ def _rope(node: Node) -> None:
     if node.out.n == 0:
         return
     a, cos, sin = node.operand(0), node.operand(1), node.operand(2)
+    ext = native.extension()
+    mode = node.params["mode"]
+    if ext is not None and ext.ops_rope(node.out, a, cos, sin, mode, native.threads()):
+        return
     n = node.params["n_rot"]
     x = load(a)  # (1, T, H, D)
     c = load(cos)[0, 0][:, None, :]  # (T, 1, n/2)
     s = load(sin)[0, 0][:, None, :]
     o = dest(node.out)
-    if node.params["mode"] == 0:
+    if mode == 0:
         xa, xb, oa, ob = x[..., 0:n:2], x[..., 1:n:2], o[..., 0:n:2], o[..., 1:n:2]
     else:
         h = n // 2
@@ -163,13 +177,16 @@ def _rope(node: Node) -> None:
     commit(node.out, o)
 
 
-def _gated(f: Callable[[np.ndarray, np.ndarray], None]) -> Callable[[Node], None]:
-    # The optional fused gated activations: f(a) · tile(b) in one node (one rounding).
+def _gated(f: Callable[[np.ndarray, np.ndarray], None], kind: int) -> Callable[[Node], None]:
+    # The optional fused gated activations: f(a) · tile(b) in one node (one rounding). kind: the
+    # native kernel's activation (0 silu, 1 gelu).
     def kernel(node: Node) -> None:
         if node.out.n == 0:
             return
-        a, b = node.srcs
-        assert a is not None and b is not None
+        a, b = node.operand(0), node.operand(1)
+        ext = native.extension()
+        if ext is not None and ext.ops_gated(kind, node.out, a, b, native.threads()):
+            return
         o = dest(node.out)
         f(load(a), o)
         tiled(np.multiply, o, load(b), out=o)
@@ -181,12 +198,12 @@ def _gated(f: Callable[[np.ndarray, np.ndarray], None]) -> Callable[[Node], None
 KERNELS: dict[str, Callable[[Node], None]] = {
     **{name: _unary(f) for name, f in _UNARY.items()},
     "rope": _rope,
-    "swiglu": _gated(_silu),
-    "geglu": _gated(_gelu),
+    "swiglu": _gated(_silu, 0),
+    "geglu": _gated(_gelu, 1),
     "scale": _scale,
     "clamp": _clamp,
-    "add": _binary(np.add),
-    "sub": _binary(np.subtract),
-    "mul": _binary(np.multiply),
-    "div": _binary(np.divide),
+    "add": _binary(np.add, 0),
+    "sub": _binary(np.subtract, 1),
+    "mul": _binary(np.multiply, 2),
+    "div": _binary(np.divide, 3),
 }

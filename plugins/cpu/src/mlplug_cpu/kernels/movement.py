@@ -5,6 +5,10 @@ Same-dtype moves copy stored bytes (exact for every dtype, block types included)
 between different CACHE dtypes goes through F32 values; ``rows`` gathers the stored rows first and
 converts only those. View ops (``reshape``, ``view``, ``permute``) share their source's storage and
 have nothing to execute.
+
+``rows`` (F32/F16/BF16/I32/Q8_0/Q4_0 tables) and ``set_rows`` (F32/F16/BF16 rows and caches) first
+try the C extension (``_native_ops.c``), which checks the ids and converts exactly as the numpy
+code does; other dtypes (the block-quantised caches, the other weight types) take the numpy path.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mlplug.device import DType, Node, TensorRef
+from mlplug_cpu.kernels import native
 from mlplug_cpu.kernels.quant import copy_raw, decode, host_ref, load, np_shape, raw, store
 
 __all__ = ["KERNELS", "checked_ids", "last_writes"]
@@ -112,6 +117,9 @@ def rows(node: Node) -> None:
     if node.out.n == 0:
         return
     a, ids_ref = node.operand(0), node.operand(1)
+    ext = native.extension()
+    if ext is not None and ext.ops_rows(node.out, a, ids_ref):
+        return
     table = raw(a)  # (a3, a2, a1, ne0) elements or (a3, a2, a1, blocks, S) bytes
     ids = checked_ids(raw(ids_ref)[0], a.ne[1], "rows")  # (a3, a2, n)
     i3 = np.arange(a.ne[3])[:, None, None]
@@ -134,6 +142,9 @@ def set_rows(node: Node) -> None:
     a, ids_ref = node.operand(0), node.operand(2)
     out = node.out
     if a.n == 0 or out.n == 0:
+        return
+    ext = native.extension()
+    if ext is not None and ext.ops_set_rows(out, a, ids_ref):
         return
     ids = checked_ids(raw(ids_ref).reshape(-1), out.ne[1], "set_rows")
     if a.dtype == out.dtype:

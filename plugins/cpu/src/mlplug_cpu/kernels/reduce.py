@@ -2,6 +2,10 @@
 
 Rows are numpy's last axis. Sums use numpy's pairwise F32 summation. Formulas apply literally to
 empty rows: a sum is 0, a mean (and so a variance) is NaN.
+
+``softmax``, ``rms_norm`` and ``rms_norm_add`` first try the C extension's row kernels
+(``_native_ops.c``; F32 sums over 16 interleaved partial sums, as accurate as numpy's pairwise
+ones at model row lengths); where it declines, the numpy code below runs.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mlplug.device import Node
+from mlplug_cpu.kernels import native
 from mlplug_cpu.kernels.elementwise import tiled
 from mlplug_cpu.kernels.quant import commit, dest, load, raw, store
 
@@ -30,6 +35,9 @@ def _variance(x: np.ndarray) -> np.ndarray:
 def softmax(node: Node) -> None:
     """``exp(x - max) / Σ exp(x - max)`` per row."""
     if node.out.n == 0:
+        return
+    ext = native.extension()
+    if ext is not None and ext.ops_softmax(node.out, node.operand(), native.threads()):
         return
     x = load(node.operand())
     o = dest(node.out)
@@ -62,6 +70,16 @@ def layer_norm(node: Node) -> None:
 def _rms(roles: tuple[int, ...]) -> Callable[[Node], None]:
     def kernel(node: Node) -> None:
         if node.out.n == 0:
+            return
+        ext = native.extension()
+        if ext is not None and ext.ops_rms_norm(
+            node.out,
+            node.operand(),
+            node.optional(1),
+            node.operand(2) if len(roles) > 1 else None,
+            node.params["eps"],
+            native.threads(),
+        ):
             return
         x = load(node.operand())
         o = dest(node.out)
