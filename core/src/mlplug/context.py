@@ -250,27 +250,29 @@ class Context(ContextOps):
                 raise TypeError(f"forward: expected Tensors, got {type(t).__name__}")
             if t._family.executor is not family.executor:
                 raise ContextError("forward: tensor belongs to another backend")
-            # Iterative post-order DFS: operands (in order) before their dependents.
-            stack: list[tuple[Tensor, int]] = [(t, 0)]
+            if t._op is None or id(t) in seen or id(t) in in_graph:
+                continue
+            # Iterative post-order DFS: operands (in order) before their dependents. A node is
+            # marked when pushed: in a DAG a marked node met again is finished or an operand's.
+            seen.add(id(t))
+            stack = [(t, iter(t._srcs))]
             while stack:
-                node, i = stack.pop()
-                if node._op is None or id(node) in seen or id(node) in in_graph:
-                    continue
-                if node._family.closed:
-                    raise ContextError("forward: a tensor's context has been closed")
-                if i < len(node._srcs):
-                    stack.append((node, i + 1))
-                    src = node._srcs[i]
+                node, operands = stack[-1]
+                for src in operands:
                     if (
                         src is not None
                         and src._op is not None
                         and id(src) not in seen
                         and id(src) not in in_graph
                     ):
-                        stack.append((src, 0))
-                    continue
-                seen.add(id(node))
-                new.append(node)
+                        seen.add(id(src))
+                        stack.append((src, iter(src._srcs)))
+                        break
+                else:
+                    stack.pop()
+                    if node._family.closed:
+                        raise ContextError("forward: a tensor's context has been closed")
+                    new.append(node)
         if len(family.graph) + len(new) > family.capacity:
             raise ContextError(
                 f"forward: graph would have {len(family.graph) + len(new)} nodes, "

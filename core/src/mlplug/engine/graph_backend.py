@@ -21,7 +21,6 @@ from mlplug.device import (
     Device,
     DeviceOutOfMemory,
     Node,
-    SupportsCacheConfig,
     SupportsDirectCopy,
     TensorRef,
 )
@@ -268,8 +267,12 @@ class GraphBackend:
         """Return the KV-cache layout this backend's attention expects (§8.1)."""
         self._check_open("cache_config")
         device = self.devices[self._layer_device[self.blocks]]
-        if isinstance(device, SupportsCacheConfig):
-            return device.cache_config(self.params.flash_attention)
+        # isinstance(device, SupportsCacheConfig) without the protocol machinery: this runs
+        # for every attention layer of every graph built.
+        cache_config = getattr(device, "cache_config", None)
+        if callable(cache_config):
+            config: CacheConfig = cache_config(self.params.flash_attention)
+            return config
         return _FLASH if self.params.flash_attention else _NO_FLASH
 
     def close(self) -> None:

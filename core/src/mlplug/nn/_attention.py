@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
-from mlplug.attention import ScaledDotProductAttention
 from mlplug.errors import ShapeError
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ def _cache_config(cache: Any) -> CacheConfig | None:
     return config() if callable(config) else config
 
 
+@functools.lru_cache(maxsize=32)
 def _normalized(config: CacheConfig | None) -> CacheConfig | None:
     # Causal.init turns 0 paddings into 1 and OTHER into F32 (§8.2): compare what they mean.
     if config is None:
@@ -37,12 +38,13 @@ def _normalized(config: CacheConfig | None) -> CacheConfig | None:
 
 
 def _backend_config(ctx: Context, cache: Any) -> CacheConfig | None:
-    from mlplug.params import BackendCacheConfig
-
     backend = getattr(cache, "backend", None)
     if backend is None:
         backend = ctx._family.executor
-    return backend.cache_config() if isinstance(backend, BackendCacheConfig) else None
+    # What isinstance(backend, BackendCacheConfig) checks, without the protocol machinery
+    # (it ran for every layer of every graph built).
+    cache_config = getattr(backend, "cache_config", None)
+    return cache_config() if callable(cache_config) else None
 
 
 def unfused_attention(
@@ -137,7 +139,7 @@ def attention(
     key, value, mask = cache.get(ctx)
     config = _cache_config(cache)
     fused = (
-        isinstance(query, ScaledDotProductAttention)
+        callable(getattr(query, "scaled_dot_product_attention", None))  # the protocol's check
         and config is not None
         and _normalized(config) == _normalized(_backend_config(ctx, cache))
     )
