@@ -339,7 +339,7 @@ static inline __attribute__((always_inline)) __m256i SFX(lane_bias)(__m256i x, i
             __m256i u[4];                                                                     \
             float sc[4][2], of[4][2];                                                         \
             for (int r = 0; r < RM; r++) {                                                    \
-                _mm_prefetch((const char *)(w + r * w_rs + j * (PB) + 768), _MM_HINT_T0);    \
+                _mm_prefetch((const char *)(w + r * w_rs + j * (PB) + 1024), _MM_HINT_T1);    \
                 u[r] = SFX(unpack_##T)(w + r * w_rs, j, sc[r], of[r]);                        \
             }                                                                                 \
             for (int c = 0; c < RN; c++) {                                                    \
@@ -456,6 +456,22 @@ static inline __attribute__((always_inline)) __m512 SFX(t16_halves)(__m512i gath
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(gathered));
 }
 
+/* Integer dots of 32 codes per row (u[g]: elements 4g..4g+3) with one activation block, as two
+ * halves (elements 0-15, 16-31); four short chains (a long one would hold the out-of-order
+ * window). */
+static inline __attribute__((always_inline)) void SFX(t16_dot)(const __m512i *u, const int8_t *x,
+                                                               __m512i *lo, __m512i *hi) {
+    __m512i s[4];
+    for (int g = 0; g < 4; g++)
+        s[g] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[(g & 1) * 4 + (g >> 1)],
+                                   SFX(bcast4)(x + (g & 1) * 16 + 4 * (g >> 1)));
+    for (int g = 0; g < 4; g++)
+        s[g] = _mm512_dpbusd_epi32(s[g], u[(g & 1) * 4 + 2 + (g >> 1)],
+                                   SFX(bcast4)(x + (g & 1) * 16 + 8 + 4 * (g >> 1)));
+    *lo = _mm512_add_epi32(s[0], s[2]); /* chains 0, 2: elements 0-15 */
+    *hi = _mm512_add_epi32(s[1], s[3]);
+}
+
 /* KIND: 0 Q4_0, 1 Q4_1, 2 Q8_0. TS bytes per block, codes at byte CO of a block. Writes
  * o[c*os + r] for the 16 rows at w and RN activation rows. */
 static inline __attribute__((always_inline)) void SFX(t16_tile)(
@@ -499,15 +515,9 @@ static inline __attribute__((always_inline)) void SFX(t16_tile)(
         for (int c = 0; c < RN; c++) {
             const int8_t *x = xq + c * k + j * QK;
             const xblock xi = xb[c * nb + j];
-            /* four short chains (a long one would hold the out-of-order window) */
-            __m512i s[4];
-            for (int g = 0; g < 4; g++)
-                s[g] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[g], SFX(bcast4)(x + 4 * g));
-            for (int g = 0; g < 4; g++)
-                s[g] = _mm512_dpbusd_epi32(s[g], u[4 + g], SFX(bcast4)(x + 16 + 4 * g));
-            const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(s[0], s[1]),
-                                                 _mm512_add_epi32(s[2], s[3]));
-            const __m512 dot = _mm512_cvtepi32_ps(sum);
+            __m512i lo, hi;
+            SFX(t16_dot)(u, x, &lo, &hi);
+            const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
             if (KIND == 1) {
                 acc[c] = _mm512_fmadd_ps(m, _mm512_set1_ps(xi.s), acc[c]);
                 acc[c] = _mm512_fmadd_ps(d, _mm512_mul_ps(dot, _mm512_set1_ps(xi.d)), acc[c]);
@@ -521,20 +531,144 @@ static inline __attribute__((always_inline)) void SFX(t16_tile)(
     for (int c = 0; c < RN; c++) _mm512_storeu_ps(o + c * os, acc[c]);
 }
 
-#define T16_CASES(KIND, TS, CO)                                                               \
+/* Byte i of each 32-bit lane, zero- or sign-extended. */
+#define LANE_BYTE(X, i, mask) _mm512_and_si512(_mm512_srli_epi32((X), 8 * (i)), _mm512_set1_epi32(mask))
+#define LANE_SBYTE(X, i) _mm512_srai_epi32(_mm512_slli_epi32((X), 24 - 8 * (i)), 24)
+
+/* The K-quants with 16-row tiles. KIND 3: Q4_K (144-byte superblocks of 256: d, dmin, 12
+ * bytes of 6-bit scales and mins, qs[128]); KIND 4: Q6_K (210 bytes: ql[128], qh[64], 16 int8
+ * scales, d). Per superblock the scale fields of the 16 rows are gathered once; the codes of
+ * each 32-element sub-block are transposed as for Q4_0. */
+static inline __attribute__((always_inline)) void SFX(t16k_tile)(
+    const uint8_t *w, ptrdiff_t w_rs, const int8_t *xq, const xblock *xb, int64_t k, float *o,
+    ptrdiff_t os, int more, const int KIND, const int TS, const int CO, const int RN) {
+    (void)CO;
+    const int64_t nb = k / QK, nsb = k / 256, rowlen = nsb * TS;
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                                             11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)w_rs));
+    const __m512i low4 = _mm512_set1_epi8(15), bits45 = _mm512_set1_epi8(0x30);
+    __m512 acc[T16_RN];
+    for (int c = 0; c < RN; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = w + sb * TS;
+        if (RN <= 2) {
+            const int64_t ahead = sb * TS + PF_DIST;
+            const uint8_t *pf = ahead < rowlen ? w + ahead : w + 16 * w_rs + (ahead - rowlen);
+            if (ahead < rowlen || more)
+                for (int r = 0; r < 16; r++)
+                    for (int l = 0; l < TS; l += 64)
+                        _mm_prefetch((const char *)(pf + r * w_rs + l), PF_HINT);
+        }
+        if (KIND == 3) {
+            const __m512i head = _mm512_i32gather_epi32(idx, (const void *)blk, 1);
+            const __m512 d = SFX(t16_halves)(head, 0), dmin = SFX(t16_halves)(head, 1);
+            const __m512i A = _mm512_i32gather_epi32(idx, (const void *)(blk + 4), 1);
+            const __m512i B = _mm512_i32gather_epi32(idx, (const void *)(blk + 8), 1);
+            const __m512i C = _mm512_i32gather_epi32(idx, (const void *)(blk + 12), 1);
+            for (int p = 0; p < 4; p++) { /* sub-blocks 2p (low nibbles) and 2p + 1 (high) */
+                __m512i t[8];
+                SFX(t16_transpose)(blk + 16 + 32 * p, w_rs, t);
+                SFX(t16_transpose)(blk + 32 + 32 * p, w_rs, t + 4);
+                for (int half = 0; half < 2; half++) {
+                    const int j = 2 * p + half;
+                    __m512i sc, mn;
+                    if (j < 4) {
+                        sc = LANE_BYTE(A, j, 63);
+                        mn = LANE_BYTE(B, j, 63);
+                    } else {
+                        sc = _mm512_or_si512(LANE_BYTE(C, j - 4, 15),
+                                             _mm512_srli_epi32(LANE_BYTE(A, j - 4, 0xc0), 2));
+                        mn = _mm512_or_si512(_mm512_srli_epi32(LANE_BYTE(C, j - 4, 0xf0), 4),
+                                             _mm512_srli_epi32(LANE_BYTE(B, j - 4, 0xc0), 2));
+                    }
+                    const __m512 scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+                    const __m512 mins = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mn));
+                    __m512i u[8];
+                    for (int g = 0; g < 8; g++)
+                        u[g] = _mm512_and_si512(half ? _mm512_srli_epi16(t[g], 4) : t[g], low4);
+                    for (int c = 0; c < RN; c++) {
+                        const int64_t b = sb * 8 + j;
+                        const xblock xi = xb[c * nb + b];
+                        __m512i lo, hi;
+                        SFX(t16_dot)(u, xq + c * k + b * QK, &lo, &hi);
+                        const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
+                        acc[c] = _mm512_fmadd_ps(scale, _mm512_mul_ps(dot, _mm512_set1_ps(xi.d)),
+                                                 acc[c]);
+                        acc[c] = _mm512_fnmadd_ps(mins, _mm512_set1_ps(xi.s), acc[c]);
+                    }
+                }
+            }
+        } else { /* Q6_K */
+            /* d: the high half of the dword at 206 (reading at 208 could pass the buffer) */
+            const __m512 d =
+                SFX(t16_halves)(_mm512_i32gather_epi32(idx, (const void *)(blk + 206), 1), 1);
+            __m512i S[4]; /* the 16 int8 scales, 4 per lane */
+            for (int q = 0; q < 4; q++)
+                S[q] = _mm512_i32gather_epi32(idx, (const void *)(blk + 192 + 4 * q), 1);
+            for (int h = 0; h < 2; h++) {
+                __m512i H[8];
+                SFX(t16_transpose)(blk + 128 + 32 * h, w_rs, H);
+                SFX(t16_transpose)(blk + 144 + 32 * h, w_rs, H + 4);
+                for (int odd = 0; odd < 2; odd++) { /* ql bytes 32*odd .. +31 of this half */
+                    __m512i L[8];
+                    SFX(t16_transpose)(blk + 64 * h + 32 * odd, w_rs, L);
+                    SFX(t16_transpose)(blk + 64 * h + 32 * odd + 16, w_rs, L + 4);
+                    for (int high = 0; high < 2; high++) {
+                        const int qq = 2 * high + odd, s = 4 * h + qq;
+                        const __m512i SD = S[2 * h + (qq >> 1)];
+                        const __m512 sc0 =
+                            _mm512_mul_ps(d, _mm512_cvtepi32_ps(LANE_SBYTE(SD, 2 * (qq & 1))));
+                        const __m512 sc1 = _mm512_mul_ps(
+                            d, _mm512_cvtepi32_ps(LANE_SBYTE(SD, 2 * (qq & 1) + 1)));
+                        __m512i u[8];
+                        for (int g = 0; g < 8; g++) {
+                            const __m512i lo4 = _mm512_and_si512(
+                                high ? _mm512_srli_epi16(L[g], 4) : L[g], low4);
+                            /* bits 2qq, 2qq+1 of qh to bits 4, 5 */
+                            const __m512i hb = qq == 0   ? _mm512_slli_epi16(H[g], 4)
+                                               : qq == 1 ? _mm512_slli_epi16(H[g], 2)
+                                               : qq == 2 ? H[g]
+                                                         : _mm512_srli_epi16(H[g], 2);
+                            u[g] = _mm512_or_si512(lo4, _mm512_and_si512(hb, bits45));
+                        }
+                        for (int c = 0; c < RN; c++) {
+                            const int64_t b = sb * 8 + s;
+                            const xblock xi = xb[c * nb + b];
+                            __m512i lo, hi;
+                            SFX(t16_dot)(u, xq + c * k + b * QK, &lo, &hi);
+                            const __m512 vd = _mm512_set1_ps(xi.d);
+                            const __m512 v0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), vd,
+                                                              _mm512_set1_ps(-32.0f * xi.s0));
+                            const __m512 v1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), vd,
+                                                              _mm512_set1_ps(-32.0f * xi.s1));
+                            acc[c] = _mm512_fmadd_ps(sc0, v0, acc[c]);
+                            acc[c] = _mm512_fmadd_ps(sc1, v1, acc[c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (int c = 0; c < RN; c++) _mm512_storeu_ps(o + c * os, acc[c]);
+}
+#undef LANE_BYTE
+#undef LANE_SBYTE
+
+#define T16_CASES(FN, KIND, TS, CO)                                                               \
     switch (rn) {                                                                             \
-        case 1: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 1); break;          \
-        case 2: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 2); break;          \
-        case 3: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 3); break;          \
-        case 4: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 4); break;          \
-        case 5: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 5); break;          \
-        case 6: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 6); break;          \
-        case 7: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 7); break;          \
-        default: SFX(t16_tile)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 8); break;         \
+        case 1: SFX(FN)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 1); break;          \
+        case 2: SFX(FN)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 2); break;          \
+        case 3: SFX(FN)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 3); break;          \
+        case 4: SFX(FN)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 4); break;          \
+        case 5: SFX(FN)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 5); break;          \
+        case 6: SFX(FN)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 6); break;          \
+        case 7: SFX(FN)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 7); break;          \
+        default: SFX(FN)(wm, w_rs, xqc, xbc, k, oc, os, more, KIND, TS, CO, 8); break;         \
     }
 
 /* Rows [m0, m0 + 16*tiles) of every activation row; returns the first row not done. */
-#define DEFINE_T16(T, KIND, TS, CO)                                                           \
+#define DEFINE_T16(T, FN, KIND, TS, CO)                                                           \
     static int64_t SFX(t16_##T)(const uint8_t *w, ptrdiff_t w_rs, int64_t m0, int64_t m1,      \
                                 const int8_t *xq, const xblock *xb, int64_t k, int64_t n,     \
                                 float *o, ptrdiff_t os) {                                     \
@@ -548,33 +682,37 @@ static inline __attribute__((always_inline)) void SFX(t16_tile)(
                 const uint8_t *wm = w + m * w_rs;                                             \
                 float *oc = o + c * os + m;                                                   \
                 const int more = m + 16 < end;                                                \
-                T16_CASES(KIND, TS, CO)                                                       \
+                T16_CASES(FN, KIND, TS, CO)                                                       \
             }                                                                                 \
         }                                                                                     \
         return end;                                                                           \
     }
 
-DEFINE_T16(q4_0, 0, 18, 2)
-DEFINE_T16(q4_1, 1, 20, 4)
-DEFINE_T16(q8_0, 2, 34, 2)
+DEFINE_T16(q4_0, t16_tile, 0, 18, 2)
+DEFINE_T16(q4_1, t16_tile, 1, 20, 4)
+DEFINE_T16(q8_0, t16_tile, 2, 34, 2)
+DEFINE_T16(q4_k, t16k_tile, 3, 144, 0)
+DEFINE_T16(q6_k, t16k_tile, 4, 210, 0)
 #undef DEFINE_T16
 #undef T16_CASES
 #define T16_q4_0(...) m0 = SFX(t16_q4_0)(__VA_ARGS__)
 #define T16_q4_1(...) m0 = SFX(t16_q4_1)(__VA_ARGS__)
 #define T16_q8_0(...) m0 = SFX(t16_q8_0)(__VA_ARGS__)
+#define T16_q4_k(...) m0 = SFX(t16_q4_k)(__VA_ARGS__)
+#define T16_q6_k(...) m0 = SFX(t16_q6_k)(__VA_ARGS__)
 #endif
 #ifndef T16_q4_0
 #define T16_q4_0(...) (void)0
 #define T16_q4_1(...) (void)0
 #define T16_q8_0(...) (void)0
+#define T16_q4_k(...) (void)0
+#define T16_q6_k(...) (void)0
 #endif
 #define T16_q5_0(...) (void)0
 #define T16_q5_1(...) (void)0
 #define T16_q2_k(...) (void)0
 #define T16_q3_k(...) (void)0
-#define T16_q4_k(...) (void)0
 #define T16_q5_k(...) (void)0
-#define T16_q6_k(...) (void)0
 
 /* o[c*os + m] for weight rows m in [m0, m1) and activation rows c in [0, n). */
 #define DEFINE_QGEMM(T, SGN, UNI, SHIFT, OFS, PB)                                               \
