@@ -119,3 +119,20 @@ def test_decode_steps_replay_every_segment(two_nodes: Any) -> None:
         assert step == steps[1]  # every decode step costs the same calls
     # activations move between the two nodes directly
     assert any(ops["pull"] for ops, _ in steps[1].values())
+
+
+def test_unsupported_is_asked_once_per_description(two_nodes: Any) -> None:
+    devices = load(BackendParams())
+    try:
+        node = devices[1]
+        assert isinstance(node, RayDevice)
+        add = Node("add", _ref(None, 4), (_ref(None, 4), _ref(None, 4)))
+        assert node.unsupported(add) is None
+        assert node.unsupported(Node("add", _ref(None, 4), (_ref(None, 4), _ref(None, 4)))) is None
+        assert node.calls["unsupported"] == 1
+        scale = Node("scale", _ref(None, 8), (_ref(None, 8),), {"s": 2.0})
+        assert node.unsupported(scale) is None
+        assert node.calls["unsupported"] == 2
+    finally:
+        for device in devices:
+            device.close()

@@ -262,6 +262,7 @@ class RayDevice:
         self._dropped: list[int] = []  # forgotten segment ids the node has not been told yet
         self._next_segment = 0
         self._sizes: dict[tuple[DType, tuple[int, int, int, int]], int] = {}
+        self._answers: dict[object, str | None] = {}  # unsupported(), by node description
         info: dict[str, Any] = self.call("start", self.remote("start", params))
         self.node_id = str(info["node_id"])
         self.pid = int(info["pid"])
@@ -481,8 +482,22 @@ class RayDevice:
         return (node.op, self._wire_ref(node.out), srcs, dict(node.params))
 
     def unsupported(self, node: Node) -> str | None:
-        """Ask the node's device (one call; the engine asks once per plan)."""
-        answer: str | None = self.call("unsupported", self.remote("unsupported", self._wire(node)))
+        """Ask the node's device, once per distinct description (op, params, layouts).
+
+        The answer depends only on the description (the ``Device.unsupported`` contract), so
+        a new plan (a decode step whose cache view grew) asks nothing again.
+        """
+        wire = self._wire(node)
+        op, out, srcs, params = wire
+        try:
+            key: object = (op, out, srcs, tuple(params.items()))
+            hash(key)
+        except TypeError:
+            key = (op, out, srcs, repr(sorted(params.items())))
+        if key in self._answers:
+            return self._answers[key]
+        answer: str | None = self.call("unsupported", self.remote("unsupported", wire))
+        self._answers[key] = answer
         return answer
 
     def execute(self, nodes: Sequence[Node]) -> None:

@@ -11,6 +11,9 @@ Configuration (environment, read by ``load``):
 * ``MLPLUG_RAY_NODES``: how many node actors (devices ``RAY0``…) to start; default one per
   alive Ray node. Actors are placed on the alive nodes in turn.
 * ``MLPLUG_RAY_MEMORY_LIMIT``: a cap (e.g. ``512MiB``) on each node device's allocations.
+* ``MLPLUG_RAY_MODEL_PATHS``: where the nodes find their copy of the model file (one path, or
+  ``RAY0=PATH,RAY1=PATH``; default the coordinator's path).
+* ``MLPLUG_RAY_WEIGHTS``: ``file`` (nodes read their copy; default) or ``push``.
 * ``MLPLUG_RAY_TIMEOUT``: seconds to wait for an actor to start or answer (default 120).
 """
 
