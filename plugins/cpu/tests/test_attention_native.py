@@ -148,6 +148,29 @@ def test_value_layouts_and_dtypes(h, isa, kv_dtype, permuted) -> None:
     _close(out, expected)
 
 
+@pytest.mark.parametrize("length", [5, 97, 300])
+@pytest.mark.parametrize(("tokens", "heads", "kv_heads"), [(1, 8, 1), (1, 32, 4), (40, 8, 2)])
+@pytest.mark.parametrize(("dk", "dv"), [(64, 64), (40, 24), (7, 130)])
+def test_permuted_values_for_few_and_many_rows(h, isa, length, tokens, heads, kv_heads, dk, dv):
+    # A decode step (up to 16 query rows per KV head) reads the transposed value block as it is
+    # (a dot product per row and d); a prompt tile (32 rows) transposes it into rows first.
+    length += tokens - 1  # every token sees at least `length` cells
+    out, expected = _run(
+        h,
+        tokens=tokens,
+        heads=heads,
+        kv_heads=kv_heads,
+        length=length,
+        dk=dk,
+        dv=dv,
+        kv_dtype=DType.F16,
+        permuted=True,
+        mask=_causal(tokens, length, length - tokens),
+        scale=dk**-0.5,
+    )
+    _close(out, expected)
+
+
 @pytest.mark.parametrize(("heads", "kv_heads"), [(1, 1), (6, 3), (32, 4), (12, 1)])
 @pytest.mark.parametrize(("dk", "dv"), [(64, 64), (40, 24), (7, 130)])
 def test_grouped_query_heads_and_head_sizes(h, isa, heads, kv_heads, dk, dv) -> None:

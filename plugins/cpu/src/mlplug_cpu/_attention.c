@@ -34,6 +34,7 @@ enum { ATT_F32 = 0, ATT_F16 = 1, ATT_BF16 = 30 }; /* ggml type ids */
 #define ATT_BLOCK 128 /* history cells per online-softmax step */
 #define ATT_ROWS 32   /* query rows (heads of a group x tokens) a tile aims for */
 #define ATT_PAD 32    /* Dk and Dv are padded to a multiple of this (2 x 16 floats) */
+#define ATT_MIX_T_ROWS 16 /* up to this many rows, a transposed V block is read as it is */
 
 typedef struct {
     const uint8_t *base;
@@ -410,6 +411,25 @@ static void *att_alloc(size_t bytes) {
     return p;
 }
 
+/* This thread's scratch of at least `bytes`, kept from call to call: a decode step's attention
+ * then costs no allocation (a fresh block of a few hundred KiB is an mmap, page faults and a
+ * munmap each time, which cost more than the attention itself). Zeroed only when `zero`: the
+ * kernel writes every float it reads except the zero padding of Dk, Dv to ATT_PAD. */
+static _Thread_local float *att_kept;
+static _Thread_local size_t att_kept_bytes;
+
+static float *att_kept_scratch(size_t bytes, int zero) {
+    bytes = (bytes + 63) / 64 * 64;
+    if (bytes > att_kept_bytes) {
+        free(att_kept);
+        att_kept = aligned_alloc(64, bytes);
+        att_kept_bytes = att_kept ? bytes : 0;
+        if (!att_kept) return NULL;
+    }
+    if (zero) memset(att_kept, 0, bytes);
+    return att_kept;
+}
+
 typedef struct {
     att_problem *pb;
     att_item_fn fn;
@@ -424,7 +444,9 @@ static void att_task(void *arg, int ith, int nth) {
     (void)ith;
     (void)nth;
     att_run *run = arg;
-    float *scratch = att_alloc(run->scratch_floats * sizeof(float));
+    const att_problem *pb = run->pb;
+    float *scratch = att_kept_scratch(run->scratch_floats * sizeof(float),
+                                 pb->dkp != pb->dk || pb->dvp != pb->dv);
     if (!scratch) {
         __atomic_store_n(&run->failed, 1, __ATOMIC_RELAXED);
         return;
@@ -434,7 +456,6 @@ static void att_task(void *arg, int ith, int nth) {
         if (item >= run->n_items) break;
         run->fn(run->pb, item, scratch);
     }
-    free(scratch);
 }
 
 PyObject *mlplug_attention(PyObject *self, PyObject *args) {

@@ -162,6 +162,46 @@ static void SFX(att_mix)(const float *p, const float *v, float *acc, const int32
     }
 }
 
+/* The same for a value cache stored transposed ([L, Dv, Hkv]: each d a run over the cells):
+ * acc_r[d] += p_r . vt_d, one dot product per (row, d) over the block's cells, each run of vt
+ * decoded once into tmp (zero-padded to whole vectors; the rows of p are zero there too).
+ * Used for up to ATT_MIX_T_ROWS rows (a decode step): transposing the block into rows costs a
+ * scattered store per value, which took most of a decode step's attention time; with more rows
+ * sharing the block (a prompt tile) the transposition and att_mix's broadcasts are cheaper than
+ * a horizontal sum per (row, d). */
+static void SFX(att_mix_t)(const att_problem *pb, int64_t hk, int64_t jb, int64_t nk,
+                           const float *p, float *acc, const int32_t *rows, int64_t n_rows,
+                           int64_t dvp, float *tmp) {
+    const int64_t nkp = (nk + VW - 1) / VW * VW;
+    for (int64_t d = 0; d < pb->dv; d++) {
+        const uint8_t *src = pb->v.base + hk * pb->v.nb2 + d * pb->v.nb1 + jb * pb->v.nb0;
+        SFX(att_to_f32)(src, pb->v.type, pb->v.nb0, nk, tmp);
+        for (int64_t jj = nk; jj < nkp; jj++) tmp[jj] = 0.0f;
+        int64_t a = 0;
+        for (; a + 4 <= n_rows; a += 4) {
+            const float *p0 = p + rows[a] * ATT_BLOCK, *p1 = p + rows[a + 1] * ATT_BLOCK;
+            const float *p2 = p + rows[a + 2] * ATT_BLOCK, *p3 = p + rows[a + 3] * ATT_BLOCK;
+            vf s0 = V_ZERO(), s1 = V_ZERO(), s2 = V_ZERO(), s3 = V_ZERO();
+            for (int64_t jj = 0; jj < nkp; jj += VW) {
+                const vf x = V_LOAD(tmp + jj);
+                s0 = V_FMA(V_LOAD(p0 + jj), x, s0);
+                s1 = V_FMA(V_LOAD(p1 + jj), x, s1);
+                s2 = V_FMA(V_LOAD(p2 + jj), x, s2);
+                s3 = V_FMA(V_LOAD(p3 + jj), x, s3);
+            }
+            float out[4];
+            V_HSUM4(s0, s1, s2, s3, out);
+            for (int i = 0; i < 4; i++) acc[rows[a + i] * dvp + d] += out[i];
+        }
+        for (; a < n_rows; a++) {
+            const float *p0 = p + rows[a] * ATT_BLOCK;
+            vf s0 = V_ZERO();
+            for (int64_t jj = 0; jj < nkp; jj += VW) s0 = V_FMA(V_LOAD(p0 + jj), V_LOAD(tmp + jj), s0);
+            acc[rows[a] * dvp + d] += V_HSUM(s0);
+        }
+    }
+}
+
 static void SFX(att_item)(const att_problem *pb, int64_t item, float *scratch) {
     const int64_t g = pb->heads / pb->kv_heads, dkp = pb->dkp, dvp = pb->dvp;
     const int64_t split = item % pb->n_split, tile = (item / pb->n_split) % pb->n_tiles;
@@ -211,18 +251,11 @@ static void SFX(att_item)(const att_problem *pb, int64_t item, float *scratch) {
             const uint8_t *src = pb->k.base + hk * pb->k.nb1 + (jb + jj) * pb->k.nb2;
             SFX(att_to_f32)(src, pb->k.type, pb->k.nb0, pb->dk, sc.k + jj * dkp);
         }
-        if (!pb->permuted_v) {
+        if (!pb->permuted_v) /* [Dv, Hkv, L]: rows of values, decoded here (permuted: below) */
             for (int64_t jj = 0; jj < nk; jj++) {
                 const uint8_t *src = pb->v.base + hk * pb->v.nb1 + (jb + jj) * pb->v.nb2;
                 SFX(att_to_f32)(src, pb->v.type, pb->v.nb0, pb->dv, sc.v + jj * dvp);
             }
-        } else { /* [L, Dv, Hkv]: each d is a run over the cells; transpose it into rows */
-            for (int64_t d = 0; d < pb->dv; d++) {
-                const uint8_t *src = pb->v.base + hk * pb->v.nb2 + d * pb->v.nb1 + jb * pb->v.nb0;
-                SFX(att_to_f32)(src, pb->v.type, pb->v.nb0, nk, sc.tmp);
-                for (int64_t jj = 0; jj < nk; jj++) sc.v[jj * dvp + d] = sc.tmp[jj];
-            }
-        }
 
         SFX(att_scores)(sc.q, sc.k, sc.s, sc.rows, n_active, nk, dkp);
 
@@ -247,7 +280,18 @@ static void SFX(att_item)(const att_problem *pb, int64_t item, float *scratch) {
             }
             sc.m[r] = m_new;
             sc.rows[n_mix++] = r;
+            for (int64_t jj = nk; jj < (nk + VW - 1) / VW * VW; jj++) s[jj] = 0.0f;
         }
+        if (pb->permuted_v && n_mix <= ATT_MIX_T_ROWS) {
+            SFX(att_mix_t)(pb, hk, jb, nk, sc.s, sc.acc, sc.rows, n_mix, dvp, sc.tmp);
+            continue;
+        }
+        if (pb->permuted_v) /* many rows share the block: transposing it into rows pays */
+            for (int64_t d = 0; d < pb->dv; d++) {
+                const uint8_t *src = pb->v.base + hk * pb->v.nb2 + d * pb->v.nb1 + jb * pb->v.nb0;
+                SFX(att_to_f32)(src, pb->v.type, pb->v.nb0, nk, sc.tmp);
+                for (int64_t jj = 0; jj < nk; jj++) sc.v[jj * dvp + d] = sc.tmp[jj];
+            }
         SFX(att_mix)(sc.s, sc.v, sc.acc, sc.rows, n_mix, nk, dvp);
     }
 
