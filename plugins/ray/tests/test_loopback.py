@@ -16,7 +16,7 @@ pytest.importorskip(
 pytest.importorskip("ray", reason='ray is not installed (pip install "mlplug[ray]")')
 
 from mlplug.device import BackendParams
-from mlplug_ray.device import load
+from mlplug_ray.device import RayDevice, load
 
 psutil = pytest.importorskip("psutil", reason='psutil is not installed (pip install "mlplug[ray]")')
 
@@ -49,6 +49,15 @@ def test_every_cluster_socket_is_on_loopback(two_nodes: Any) -> None:
     devices = load(BackendParams())
     try:
         assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
+        # traffic first: a node-to-node copy past Ray's inline limit (through the object store)
+        src, dst = devices[1], devices[2]
+        assert isinstance(src, RayDevice) and isinstance(dst, RayDevice)
+        n = 1 << 20
+        a, b = src.alloc(n), dst.alloc(n)
+        a.write(0, bytes(range(256)) * (n // 256))
+        src.synchronize()
+        assert dst.copy_from(a, 0, b, 0, n)
+        assert b.read(n - 256, 256) == bytes(range(256))
         me = psutil.Process(os.getpid())
         processes = [me, *me.children(recursive=True)]
         names = {p.pid: p.name() for p in processes}
