@@ -9,7 +9,7 @@ machine load hits both alike. Per op kind it prints calls per token and, as medi
 steps, µs per call in CPU time of the calling thread (what the call costs, whatever else loads
 the machine) and in wall time, and ms per token; and the floor of a call: the bytes its operands
 and result occupy over this machine's memory bandwidth (a numpy copy). A prompt of ``--prompt``
-tokens is timed the same way (best of two per side).
+tokens is timed the same way (wall time per op kind, best of two per side).
 
 Usage: ``python benchmarks/bench_ops.py [--model FILE | --keep DIR --type Q4_0] [--threads 2]
 [--prompt 64] [--decode 32]``.
@@ -130,7 +130,10 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     per: dict[str, dict[str, dict[str, list[float]]]] = {
         side: defaultdict(lambda: defaultdict(list)) for side in ("native", "numpy")
     }
-    prompt_ms: dict[str, list[float]] = {"native": [], "numpy": []}
+    prompt_ms: dict[str, dict[str, list[float]]] = {
+        "native": defaultdict(list),
+        "numpy": defaultdict(list),
+    }
     prompt = bench_model._tokens(args.prompt, 1)
     steps = bench_model._tokens(args.decode, 2)
     with timer.installed():
@@ -139,7 +142,8 @@ def measure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             timer.reset()
             with small_ops(side == "native"):
                 model.forward(cache, Batch.single(prompt, 0))
-            prompt_ms[side].append(1e3 * sum(timer.cpu.values()))
+            for op in timer.calls:
+                prompt_ms[side][op].append(1e3 * timer.wall[op])
         for i, tok in enumerate(steps):
             side = ("native", "numpy")[i % 2]
             timer.reset()
@@ -200,11 +204,16 @@ def main() -> int:
             f"({med['native']['wall_us']:.1f}) | {ms['numpy']:.2f} | {ms['native']:.2f} |"
         )
     print(f"| all small ops | | | | | {totals['numpy']:.2f} | {totals['native']:.2f} |")
-    prompt = {side: min(v) for side, v in result["prompt_ms"].items()}
-    print(
-        f"\nprompt of {args.prompt}: small ops {prompt['numpy']:.1f} ms CPU in numpy, "
-        f"{prompt['native']:.1f} ms native"
-    )
+    prompt = result["prompt_ms"]
+    print(f"\nprompt of {args.prompt} tokens, wall ms per op kind (best of two; threads on):")
+    print("\n| op | numpy ms | native ms |\n|---|---|---|")
+    sums = {"native": 0.0, "numpy": 0.0}
+    for op in sorted(prompt["native"], key=lambda o: -min(prompt["numpy"][o])):
+        best = {side: min(prompt[side][op]) for side in prompt}
+        for side in sums:
+            sums[side] += best[side]
+        print(f"| {op} | {best['numpy']:.2f} | {best['native']:.2f} |")
+    print(f"| all small ops | {sums['numpy']:.2f} | {sums['native']:.2f} |")
     return 0
 
 
