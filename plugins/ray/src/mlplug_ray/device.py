@@ -34,8 +34,6 @@ next backend takes its actors from.
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -55,34 +53,22 @@ from mlplug.device import (
     FileWeight,
     Node,
     TensorRef,
-    parse_size,
 )
 from mlplug_cpu.plugin import PLUGIN as CPU_PLUGIN
-from mlplug_ray.cluster import init_local
 from mlplug_ray.errors import ModelFileMismatch, RayNodeError
 from mlplug_ray.node import EMPTY, MlplugNode, Op, WireNode, WireRef, file_digest
+from mlplug_ray.session import POOL, RaySession
+from mlplug_ray.settings import (
+    ENV_MEMORY_LIMIT,
+    ENV_NODES,
+    ENV_TIMEOUT,
+    env_int,
+    env_size,
+    model_paths,
+    weights_pushed,
+)
 
-__all__ = [
-    "ENV_ADDRESS",
-    "ENV_MEMORY_LIMIT",
-    "ENV_MODEL_PATHS",
-    "ENV_NODES",
-    "ENV_TIMEOUT",
-    "ENV_WEIGHTS",
-    "FLUSH_BYTES",
-    "SEGMENTS",
-    "RayBuffer",
-    "RayDevice",
-    "RaySession",
-    "load",
-]
-
-ENV_ADDRESS = "MLPLUG_RAY_ADDRESS"
-ENV_NODES = "MLPLUG_RAY_NODES"
-ENV_MEMORY_LIMIT = "MLPLUG_RAY_MEMORY_LIMIT"
-ENV_TIMEOUT = "MLPLUG_RAY_TIMEOUT"
-ENV_MODEL_PATHS = "MLPLUG_RAY_MODEL_PATHS"
-ENV_WEIGHTS = "MLPLUG_RAY_WEIGHTS"
+__all__ = ["FLUSH_BYTES", "SEGMENTS", "RayBuffer", "RayDevice", "load"]
 
 SEGMENTS = 64
 """Segments kept per device for replay (least recently used forgotten first)."""
@@ -90,83 +76,11 @@ SEGMENTS = 64
 FLUSH_BYTES = 16 * 1024 * 1024
 """Queued bytes (writes, weights) past which the queue is sent without waiting for a sync."""
 
-_POOL_SIZE = 4
-"""Idle node actors kept per cluster for the next backend."""
-
 _RemoteNode = ray.remote(MlplugNode)
 
 _KERNEL_ERRORS = (ValueError, IndexError, TypeError, ArithmeticError, NotImplementedError)
 """Errors of the node's device that reach the caller as they are (not as RayNodeError)."""
 
-
-class RaySession:
-    """The Ray connection of one backend: shut down with its last device if it started Ray."""
-
-    def __init__(self) -> None:
-        self.started = False
-        self._open = 0
-        self._lock = threading.Lock()
-        if ray.is_initialized():
-            return
-        address = os.environ.get(ENV_ADDRESS, "").strip()
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            # A private single-machine cluster, on the loopback interface only.
-            init_local(num_cpus=1)
-        self.started = True
-
-    def opened(self) -> None:
-        """Count a device using the session."""
-        with self._lock:
-            self._open += 1
-
-    def closed(self) -> None:
-        """Uncount a device; the last one shuts Ray down if this session started it."""
-        with self._lock:
-            self._open -= 1
-            last = self._open == 0
-        if last and self.started and ray.is_initialized():
-            _POOL.clear()
-            ray.shutdown()
-
-
-class _Pool:
-    """Idle node actors of the current Ray cluster, by Ray node id."""
-
-    def __init__(self) -> None:
-        self._job = ""
-        self._idle: dict[str, list[Any]] = {}
-        self._lock = threading.Lock()
-
-    def _current(self) -> None:
-        job = ray.get_runtime_context().get_job_id()
-        if job != self._job:  # a new Ray connection: the old handles are gone
-            self._job, self._idle = job, {}
-
-    def take(self, node: str) -> Any | None:
-        """Return an idle actor on ``node``, or ``None``."""
-        with self._lock:
-            self._current()
-            idle = self._idle.get(node)
-            return idle.pop() if idle else None
-
-    def give(self, node: str, actor: Any) -> bool:
-        """Keep an idle actor; ``False`` when the pool is full (the caller ends it)."""
-        with self._lock:
-            self._current()
-            if sum(len(v) for v in self._idle.values()) >= _POOL_SIZE:
-                return False
-            self._idle.setdefault(node, []).append(actor)
-            return True
-
-    def clear(self) -> None:
-        """Forget every idle actor (Ray is shutting down)."""
-        with self._lock:
-            self._idle = {}
-
-
-_POOL = _Pool()
 
 _BY_ACTOR: weakref.WeakValueDictionary[str, RayDevice] = weakref.WeakValueDictionary()
 """Live devices by their actor's id, to name the node when a copy's source died."""
@@ -574,7 +488,7 @@ class RayDevice:
                 self._pending.clear()
                 with contextlib.suppress(RayActorError, RayTaskError, GetTimeoutError):
                     ray.get(self.actor.close.remote(), timeout=self._timeout)
-                    if not self._session.started and _POOL.give(self.node_id, self.actor):
+                    if not self._session.started and POOL.give(self.node_id, self.actor):
                         return
             # closing must not fail on an actor that is already gone
             with contextlib.suppress(Exception):
@@ -584,64 +498,6 @@ class RayDevice:
             self._session.closed()
 
 
-def _env_size(name: str) -> int | None:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as err:
-        raise ValueError(f"{name}: {err}") from err
-
-
-def _env_int(name: str, default: int | None) -> int | None:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{name}={text!r}: expected a positive integer")
-    return value
-
-
-def _model_paths(count: int) -> dict[int, str]:
-    """Parse ``MLPLUG_RAY_MODEL_PATHS``: one path for every node, or ``RAY0=PATH,RAY1=PATH``.
-
-    Raises:
-        ValueError: An entry names no node device of this backend.
-    """
-    text = os.environ.get(ENV_MODEL_PATHS, "").strip()
-    if not text:
-        return {}
-    if "=" not in text:
-        return dict.fromkeys(range(count), text)
-    paths: dict[int, str] = {}
-    for entry in text.split(","):
-        name, _, path = entry.strip().partition("=")
-        index = name.strip().upper().removeprefix("RAY")
-        if not index.isdigit() or int(index) >= count or not path.strip():
-            raise ValueError(
-                f"{ENV_MODEL_PATHS}: {entry.strip()!r}: expected RAY<i>=PATH with i < {count}"
-            )
-        paths[int(index)] = path.strip()
-    return paths
-
-
-def _weights_mode() -> bool:
-    """Return whether weights are pushed from the coordinator (``MLPLUG_RAY_WEIGHTS``).
-
-    Raises:
-        ValueError: Neither ``file`` nor ``push``.
-    """
-    mode = os.environ.get(ENV_WEIGHTS, "").strip().lower() or "file"
-    if mode not in ("file", "push"):
-        raise ValueError(f"{ENV_WEIGHTS}={mode!r}: expected 'file' or 'push'")
-    return mode == "push"
-
-
 def load(params: BackendParams) -> list[Device]:
     """Return the host CPU device, then one :class:`RayDevice` per node actor.
 
@@ -649,20 +505,20 @@ def load(params: BackendParams) -> list[Device]:
         ValueError: A ``MLPLUG_RAY_*`` variable is malformed.
         RayNodeError: An actor did not start.
     """
-    count = _env_int(ENV_NODES, None)
-    timeout = float(_env_int(ENV_TIMEOUT, 120) or 120)
-    limit = _env_size(ENV_MEMORY_LIMIT)
-    push = _weights_mode()
+    count = env_int(ENV_NODES, None)
+    timeout = float(env_int(ENV_TIMEOUT, 120) or 120)
+    limit = env_size(ENV_MEMORY_LIMIT)
+    push = weights_pushed()
     host = CPU_PLUGIN.load(params)[0]
     session = RaySession()
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call, unused-ignore]
     count = count if count is not None else max(1, len(nodes))
-    paths = _model_paths(count)
+    paths = model_paths(count)
     devices: list[Device] = [host]
     try:
         for i in range(count):
             node = nodes[i % len(nodes)] if nodes else ""
-            actor: Any = _POOL.take(node) if node else None
+            actor: Any = POOL.take(node) if node else None
             if actor is None:
                 # num_cpus=0: the actor reserves no CPU, so several fit on a one-CPU cluster.
                 options: dict[str, Any] = {"num_cpus": 0}
