@@ -696,9 +696,11 @@ class Decoder:
 
         The batch's keys and values are stored in ``cache``, so the next call continues the
         sequences. The graph of a small batch (up to :data:`KEEP_TOKENS` tokens: decode steps,
-        server batches) is kept with the cache and computed again, its inputs refilled, for the
-        next batch of the same structure (see :meth:`structure`); with a cache of
-        :mod:`mlplug.kvcache` or :class:`LayerCaches`, anything else is built for the call.
+        server batches) is kept for the cache and computed again, its inputs refilled, for the
+        next batch of the same structure (see :meth:`structure`), when the cache can refill its
+        own inputs (``place``/``layout``/``attach``/``refill``: :class:`mlplug.kvcache.Causal`,
+        :class:`LayerCaches`). Larger batches, and caches without those methods, get a graph
+        built for the call. The logits are the same either way, bit for bit.
         """
         if len(batch.tokens) > KEEP_TOKENS or not _refillable(cache):
             ctx = self.backend.new_context()
