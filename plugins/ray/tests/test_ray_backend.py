@@ -170,3 +170,32 @@ def _device(backend: Any, name: str) -> RayDevice:
             assert isinstance(device, RayDevice)
             return device
     raise AssertionError(f"no device {name}")
+
+
+def test_pooled_actors_are_reused_and_a_dead_one_replaced(two_nodes: Any) -> None:
+    from mlplug_ray.session import POOL
+
+    ray = two_nodes
+    first = load(BackendParams())
+    pids = {d.pid for d in first if isinstance(d, RayDevice)}
+    for device in first:
+        device.close()
+    # closed devices hand their actors to the pool; the next backend takes them
+    again = load(BackendParams())
+    assert {d.pid for d in again if isinstance(d, RayDevice)} == pids
+    for device in again:
+        device.close()
+    idle = POOL.idle()
+    assert len(idle) >= 2
+    for actor in idle:
+        ray.kill(actor, no_restart=True)
+    fresh = load(BackendParams())
+    try:
+        nodes = [d for d in fresh if isinstance(d, RayDevice)]
+        assert len(nodes) == 2 and not {d.pid for d in nodes} & pids
+        buffer = nodes[0].alloc(8)
+        buffer.write(0, b"12345678")
+        assert buffer.read(0, 8) == b"12345678"
+    finally:
+        for device in fresh:
+            device.close()

@@ -498,6 +498,15 @@ class RayDevice:
             self._session.closed()
 
 
+def _new_actor(node: str) -> Any:
+    """Start a node actor on Ray node ``node`` (anywhere when empty)."""
+    # num_cpus=0: the actor reserves no CPU, so several fit on a one-CPU cluster.
+    options: dict[str, Any] = {"num_cpus": 0}
+    if node:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+    return _RemoteNode.options(**options).remote()
+
+
 def load(params: BackendParams) -> list[Device]:
     """Return the host CPU device, then one :class:`RayDevice` per node actor.
 
@@ -518,29 +527,31 @@ def load(params: BackendParams) -> list[Device]:
     try:
         for i in range(count):
             node = nodes[i % len(nodes)] if nodes else ""
-            actor: Any = POOL.take(node) if node else None
-            if actor is None:
-                # num_cpus=0: the actor reserves no CPU, so several fit on a one-CPU cluster.
-                options: dict[str, Any] = {"num_cpus": 0}
-                if node:
-                    options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                        node_id=node, soft=False
+            pooled: Any = POOL.take(node) if node else None
+            for actor in (pooled, None) if pooled is not None else (None,):
+                if actor is None:
+                    actor = _new_actor(node)
+                try:
+                    device = RayDevice(
+                        i,
+                        actor,
+                        params=params,
+                        timeout=timeout,
+                        session=session,
+                        memory_limit=limit,
+                        model_path=paths.get(i),
+                        push_weights=push,
                     )
-                actor = _RemoteNode.options(**options).remote()
-            try:
-                device = RayDevice(
-                    i,
-                    actor,
-                    params=params,
-                    timeout=timeout,
-                    session=session,
-                    memory_limit=limit,
-                    model_path=paths.get(i),
-                    push_weights=push,
-                )
-            except BaseException:
-                ray.kill(actor)
-                raise
+                except RayNodeError:
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+                    if actor is pooled:
+                        continue  # a pooled actor that died meanwhile: start a fresh one
+                    raise
+                except BaseException:
+                    ray.kill(actor)
+                    raise
+                break
             devices.append(device)
     except BaseException:
         for started in devices[1:]:

@@ -78,6 +78,12 @@ class Pool:
             self._idle.setdefault(node, []).append(actor)
             return True
 
+    def idle(self) -> list[Any]:
+        """Return the idle actors of the current connection."""
+        with self._lock:
+            self._current()
+            return [actor for actors in self._idle.values() for actor in actors]
+
     def clear(self) -> None:
         """Forget every idle actor (Ray is shutting down)."""
         with self._lock:
