@@ -8,8 +8,8 @@ For each GGUF weight type, on TinyLlama-1.1B's ffn_up shape (M=5632 rows of K=20
   Eight different weight matrices (> L3) are cycled so that every product reads from memory.
 * **prompt** (N = 128 and 512): GFLOP/s (2·M·K·N per product) against BLAS ``sgemm`` on the same
   shape with F32 weights (the compute floor), and against the old path (decode the weight to
-  F32 with the native decoder, then ``sgemm``) where that decoder exists. F16/BF16 take that
-  path in the plugin at prompt sizes, so their "native" column is it.
+  F32 with the native decoder, then ``sgemm``) where that decoder exists. Without AVX-512,
+  F16/BF16 take that path in the plugin at prompt sizes, so their "native" column is it.
 
 Medians of ``--repeats`` alternating runs (native, then BLAS, then ...) with ``--threads``
 threads for both.
@@ -216,8 +216,8 @@ def main() -> int:
             weights = ws if decode else ws[:1]
             old = partial(_dequantize_sgemm, kind, ws[0], scratch, x, o, args.threads)
             ours = partial(_native, kind, weights, x, o, args.threads)
-            if name in ("F16", "BF16") and not decode:
-                ours = old  # the plugin's path for these at prompt sizes
+            if name in ("F16", "BF16") and not decode and not ext.wide_float():
+                ours = old  # the plugin's path for these at prompt sizes without AVX-512
             t_native, t_sgemm, t_old = [], [], []
             with threadpool_limits(limits=args.threads, user_api="blas"):
                 for _ in range(args.repeats):  # alternate the sides

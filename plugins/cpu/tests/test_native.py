@@ -254,18 +254,19 @@ def test_native_path_takes_supported_weights(h, path, dtype) -> None:
 
 
 @pytest.mark.skipif(not NATIVE_BUILT, reason="mlplug_cpu._native is not built")
-@pytest.mark.parametrize("dtype", BLOCK_TYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("dtype", [DType.F16, DType.BF16, *BLOCK_TYPES], ids=lambda d: d.name)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_threads_padded_rows_and_every_isa(h, dtype, threads) -> None:
     """Products straight through the extension: 1-3 threads, rows not a multiple of the
     16-row tile, a row stride larger than a row (padding), decode and prompt batch sizes, on
-    every instruction set this CPU has; each against gguf's dequantisation."""
+    every instruction set this CPU has; each against gguf's dequantisation (F16/BF16: a row
+    length that is not a multiple of the 16-wide steps)."""
     assert native._native is not None
     ext, chosen = native._native, native._native.isa()
-    k, m, pad = 512, 149, 40
+    k, m, pad = (512 if dtype in BLOCK_TYPES else 517), 149, 40
     a = _weight(h, dtype, k, m)
     w = _reference(a)[0, 0]
-    stored = np.ascontiguousarray(quant.raw(a)[0, 0]).reshape(m, -1)
+    stored = np.ascontiguousarray(quant.raw(a)[0, 0]).view(np.uint8).reshape(m, -1)
     padded = np.zeros((m, stored.shape[1] + pad), np.uint8)
     padded[:, : stored.shape[1]] = stored
     try:

@@ -8,7 +8,8 @@
  *   registers (a lane per weight row, the GGUF blocks transposed in registers) x up to 8
  *   activation rows.
  * * F32, F16, BF16 (and the float path of Q8_0/Q4_0/Q4_K/Q6_K): each block is decoded to F32 in
- *   registers/L1 and FMA'd into F32 accumulators (_native_kernels.h).
+ *   registers/L1 and FMA'd into F32 accumulators (_native_kernels.h); with AVX-512, F16 and
+ *   BF16 run in tiles of 4 weight rows x 6 activation rows on 512-bit registers.
  *
  * The instruction set is chosen at import by CPUID; the build uses no -march flag. Threads come
  * from one pool that sleeps when idle (_native_pool.c).
@@ -24,7 +25,8 @@
  *   supported(ggml_type, K) -> bool, isa() -> str ("avx512vnni", "avx2" or "generic"),
  *   default_threads() -> int (the CPUs this process may run on), pool_workers() -> int (threads
  *   the pool has started; a run on N threads uses the caller and N - 1 of them),
- *   set_isa(name) -> bool (use one instruction set's kernels, for tests).
+ *   set_isa(name) -> bool (use one instruction set's kernels, for tests), wide_float() -> bool
+ *   (F16/BF16 products of any N run natively: the AVX-512 FMA tiles of _native_qdot.h).
  * threads <= 0 uses default_threads(). The GIL is released while computing.
  */
 #define PY_SSIZE_T_CLEAN
@@ -130,6 +132,10 @@ static const kernel_set *active = KERNELS_generic;
 static const qgemm_fn *active_q = QGEMM_generic;
 static int (*active_quantize)(const float *, int64_t, int8_t *, xblock *) = quantize_x_generic;
 static const char *active_isa = "generic";
+/* F16 and BF16 weights on 512-bit registers (NULL: the row kernels of `active`). */
+typedef void (*fgemm_fn)(const uint8_t *w, ptrdiff_t w_rs, int64_t m0, int64_t m1, const float *x,
+                         ptrdiff_t xs, int64_t k, int64_t n, float *o, ptrdiff_t os);
+static fgemm_fn active_f16 = NULL, active_bf16 = NULL;
 
 static int kind_of(int ggml_type) {
     for (int i = 0; i < N_KINDS; i++)
@@ -231,8 +237,17 @@ static void float_task(void *arg, int ith, int nth) {
     job *jb = arg;
     const kernel_set ks = active[jb->kind];
     const int64_t block = KINDS[jb->kind].block, nb = jb->k / block, tail0 = nb * block;
+    /* decode (a few rows of x) stays on the row kernels: as fast, and BF16 faster there */
+    const fgemm_fn fg = jb->n <= 4 ? NULL
+                        : jb->kind == KIND_F16 ? active_f16
+                        : jb->kind == KIND_BF16 ? active_bf16
+                                                 : NULL;
     for (int64_t c; (c = mlplug_pool_next(&jb->next) * jb->chunk) < jb->m;) {
         const int64_t end = c + jb->chunk < jb->m ? c + jb->chunk : jb->m;
+        if (fg != NULL) {
+            fg(jb->w, jb->w_rs, c, end, jb->x, jb->xs, jb->k, jb->n, jb->o, jb->os);
+            continue;
+        }
         for (int64_t m = c; m < end; m++) {
             const uint8_t *row = jb->w + m * jb->w_rs;
             ks.rows(row, jb->x, jb->xs, jb->o + m, jb->os, nb, jb->n);
@@ -442,6 +457,7 @@ static int select_isa(const char *name) {
         active = KERNELS_generic;
         active_q = QGEMM_generic;
         active_quantize = quantize_x_generic;
+        active_f16 = active_bf16 = NULL;
         active_isa = "generic";
         return 1;
     }
@@ -457,6 +473,8 @@ static int select_isa(const char *name) {
         active_q = name[3] == '2' ? QGEMM_avx2 : QGEMM_vnni;
         active_quantize = name[3] == '2' ? quantize_x_avx2 : quantize_x_vnni;
         active_isa = name[3] == '2' ? "avx2" : "avx512vnni";
+        active_f16 = name[3] == '2' ? NULL : fgemm_f16_vnni;
+        active_bf16 = name[3] == '2' ? NULL : fgemm_bf16_vnni;
         return 1;
     }
 #endif
@@ -483,6 +501,12 @@ static PyObject *py_pool_workers(PyObject *self, PyObject *args) {
     return PyLong_FromLong(mlplug_pool_workers());
 }
 
+static PyObject *py_wide_float(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyBool_FromLong(active_f16 != NULL);
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -500,6 +524,8 @@ static PyMethodDef METHODS[] = {
     {"dequantize", py_dequantize, METH_VARARGS, "Decode weight rows to packed F32 rows."},
     {"supported", py_supported, METH_VARARGS, "Whether a ggml type with row length K is handled."},
     {"isa", py_isa, METH_NOARGS, "The instruction set the kernels run with."},
+    {"wide_float", py_wide_float, METH_NOARGS,
+     "Whether F16/BF16 products of any size run natively (512-bit FMA tiles)."},
     {"set_isa", py_set_isa, METH_VARARGS,
      "Use the kernels of one instruction set (generic, avx2, avx512vnni); False if absent."},
     {"pool_workers", py_pool_workers, METH_NOARGS, "Worker threads the pool has started."},

@@ -714,6 +714,85 @@ DEFINE_T16(q6_k, t16k_tile, 4, 210, 0)
 #define T16_q3_k(...) (void)0
 #define T16_q5_k(...) (void)0
 
+#ifdef QDOT_VNNI
+/* ---- F16 / BF16 weights on 512-bit registers (AVX512F; built with the VNNI set) ------------
+ *
+ * Exact F32 arithmetic: 16 weights at a time widened to F32 in registers (vcvtph2ps, or a
+ * 16-bit shift for BF16) and FMA'd against F32 activations, tiles of 4 weight rows x up to 6
+ * activation rows (24 accumulators), so prompt products run at the FMA rate without writing
+ * F32 weights anywhere. A row tail (K not a multiple of 16) is a masked step. */
+static inline __attribute__((always_inline)) __m512 SFX(wide16)(const uint8_t *p, __mmask16 mk,
+                                                                const int BF) {
+    const __m256i h = _mm256_maskz_loadu_epi16(mk, p);
+    if (BF) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+/* Elements [k0, k1) of the rows; the sums are added to o unless k0 == 0. */
+static inline __attribute__((always_inline)) void SFX(ftile)(
+    const uint8_t *w, ptrdiff_t w_rs, const float *x, ptrdiff_t xs, int64_t k0, int64_t k,
+    float *o, ptrdiff_t os, const int BF, const int RM, const int RN) {
+    __m512 acc[4][6];
+    _Pragma("GCC unroll 8") for (int r = 0; r < RM; r++)
+        _Pragma("GCC unroll 8") for (int c = 0; c < RN; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t j = k0; j < k; j += 16) {
+        const __mmask16 mk = j + 16 <= k ? (__mmask16)0xffff : (__mmask16)((1u << (k - j)) - 1);
+        if (RN <= 2 && (j & 31) == 0)
+            _Pragma("GCC unroll 8") for (int r = 0; r < RM; r++)
+                _mm_prefetch((const char *)(w + r * w_rs + 2 * j + 1024), _MM_HINT_T1);
+        __m512 wv[4];
+        _Pragma("GCC unroll 8") for (int r = 0; r < RM; r++) wv[r] = SFX(wide16)(w + r * w_rs + 2 * j, mk, BF);
+        _Pragma("GCC unroll 8") for (int c = 0; c < RN; c++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(mk, x + c * xs + j);
+            _Pragma("GCC unroll 8") for (int r = 0; r < RM; r++) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int r = 0; r < RM; r++)
+        _Pragma("GCC unroll 8") for (int c = 0; c < RN; c++)
+            o[c * os + r] = (k0 ? o[c * os + r] : 0.0f) + _mm512_reduce_add_ps(acc[r][c]);
+}
+
+#define FTILE_RN(RM, BF)                                                                        \
+    switch (rn) {                                                                             \
+        case 1: SFX(ftile)(wm, w_rs, xc, xs, k0, k1, oc, os, BF, RM, 1); break;                     \
+        case 2: SFX(ftile)(wm, w_rs, xc, xs, k0, k1, oc, os, BF, RM, 2); break;                     \
+        case 3: SFX(ftile)(wm, w_rs, xc, xs, k0, k1, oc, os, BF, RM, 3); break;                     \
+        case 4: SFX(ftile)(wm, w_rs, xc, xs, k0, k1, oc, os, BF, RM, 4); break;                     \
+        case 5: SFX(ftile)(wm, w_rs, xc, xs, k0, k1, oc, os, BF, RM, 5); break;                     \
+        default: SFX(ftile)(wm, w_rs, xc, xs, k0, k1, oc, os, BF, RM, 6); break;                    \
+    }
+
+/* o[c*os + m] = sum_k W[m][k] x[c*xs + k] for rows [m0, m1), every activation row. */
+#define FGEMM_KB 1024
+#define DEFINE_FGEMM(T, BF)                                                                   \
+    static void SFX(fgemm_##T)(const uint8_t *w, ptrdiff_t w_rs, int64_t m0, int64_t m1,       \
+                               const float *x, ptrdiff_t xs, int64_t k, int64_t n, float *o,  \
+                               ptrdiff_t os) {                                                \
+        for (int64_t c = 0; c < n; c += 6)                                                    \
+            for (int64_t k0 = 0; k0 < k; k0 += FGEMM_KB) { /* 6 rows of x stay in L1 */      \
+            const int64_t k1 = k - k0 > FGEMM_KB ? k0 + FGEMM_KB : k;                         \
+            const int rn = n - c < 6 ? (int)(n - c) : 6;                                      \
+            const float *xc = x + c * xs;                                                     \
+            int64_t m = m0;                                                                   \
+            for (; m + 4 <= m1; m += 4) {                                                     \
+                const uint8_t *wm = w + m * w_rs;                                             \
+                float *oc = o + c * os + m;                                                   \
+                FTILE_RN(4, BF)                                                               \
+            }                                                                                 \
+            for (; m < m1; m++) {                                                             \
+                const uint8_t *wm = w + m * w_rs;                                             \
+                float *oc = o + c * os + m;                                                   \
+                FTILE_RN(1, BF)                                                               \
+            }                                                                                 \
+        }                                                                                     \
+    }
+DEFINE_FGEMM(f16, 0)
+DEFINE_FGEMM(bf16, 1)
+#undef DEFINE_FGEMM
+#undef FGEMM_KB
+#undef FTILE_RN
+#endif
+
 /* o[c*os + m] for weight rows m in [m0, m1) and activation rows c in [0, n). */
 #define DEFINE_QGEMM(T, SGN, UNI, SHIFT, OFS, PB)                                               \
     DEFINE_QTILE(T, SGN, UNI, SHIFT, OFS, PB)                                                 \

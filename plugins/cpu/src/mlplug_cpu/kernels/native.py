@@ -11,10 +11,15 @@ workers sleep; see ``_native_pool.c``). Which path a product takes:
   one weight row).
   SEMANTICS §5 allows the vec-dot format; the error is that of rounding ``b`` to 8 bits per
   32-block. A ``b`` holding inf or NaN takes the exact numpy path instead.
-* F16/BF16 with ``N <= NATIVE_MAX_ROWS``: the float row kernel (each block decoded to F32 in
-  registers and FMA'd; memory-bound decode).
-* F16/BF16 with larger ``N``: the native decoder writes F32 rows into a scratch chunk of at most
-  ``CHUNK_ELEMENTS`` and BLAS multiplies it (compute-bound prompt batches).
+* F16/BF16 where AVX-512 is present (``wide_float()``), ``N <= WIDE_MAX_ROWS``: for ``N > 4``
+  tiles of 4 weight rows x 6
+  ``b`` rows on 512-bit registers, 16 weights at a time widened to F32 in registers and FMA'd
+  (exact F32 arithmetic; no F32 copy of the weight); smaller ``N`` the row kernel below.
+* F16/BF16 otherwise, ``N <= NATIVE_MAX_ROWS``: the float row kernel (each block decoded to
+  F32 in registers and FMA'd; memory-bound decode).
+* F16/BF16 otherwise, and above ``WIDE_MAX_ROWS``: the native decoder writes F32 rows into a
+  scratch chunk of at most ``CHUNK_ELEMENTS`` and BLAS multiplies it (compute-bound prompt
+  batches).
 * F32 weights: BLAS directly (its GEMV is as fast as the native one), i.e. not handled here.
 
 When the extension did not build, or ``MLPLUG_CPU_NATIVE=0`` is set when the device loads, every
@@ -41,6 +46,7 @@ __all__ = [
     "BLAS_PARALLEL_FLOPS",
     "ENV_NATIVE",
     "NATIVE_MAX_ROWS",
+    "WIDE_MAX_ROWS",
     "active",
     "blas_threads",
     "configure",
@@ -60,6 +66,10 @@ ENV_NATIVE = "MLPLUG_CPU_NATIVE"
 # BLAS calls were slower than one thread (issue #12.1).
 BLAS_PARALLEL_FLOPS = 1 << 27
 NATIVE_MAX_ROWS = 16
+# F16/BF16 products with AVX-512 stay native up to this many rows of ``b``; above it OpenBLAS's
+# packed SGEMM on a decoded chunk was faster (1 thread, loaded machine: 37 against 45 GFLOP/s
+# at N=512; 38 against 34 at N=128, benchmarks/RESULTS.md).
+WIDE_MAX_ROWS = 128
 CHUNK_ELEMENTS = 1 << 22
 
 _native: ModuleType | None
@@ -197,7 +207,7 @@ def _product(
 ) -> bool:
     assert _native is not None
     threads = getattr(_local, "threads", 0)
-    if n <= NATIVE_MAX_ROWS or dtype in _INTEGER:
+    if n <= NATIVE_MAX_ROWS or dtype in _INTEGER or (n <= WIDE_MAX_ROWS and _native.wide_float()):
         return bool(
             _native.matmul(
                 dtype.ggml_type,
