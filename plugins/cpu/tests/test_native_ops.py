@@ -261,6 +261,69 @@ def test_gated_with_tiled_gate_and_rounded_result(isa: str, h: Harness, dtype: D
     np.testing.assert_allclose(_decode(h, out), want, rtol=rel, atol=1e-30)
 
 
+# ---- unary ops, scale, clamp -------------------------------------------------------------------
+
+_EXACT_UNARY: dict[str, Any] = {
+    "neg": np.negative,
+    "sqr": np.square,
+    "sqrt": np.sqrt,
+    "relu": lambda x: np.maximum(x, np.float32(0)),
+}
+
+
+@pytest.mark.parametrize("op", sorted(_EXACT_UNARY))
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_exact_unary_ops_match_numpy(isa: str, h: Harness, op: str, dtype: DType) -> None:
+    a = h.tensor(_values(4099, specials=True), 4099, dtype=dtype)
+    x = _decode(h, a)
+    with np.errstate(all="ignore"):
+        want = _round(_EXACT_UNARY[op](x), dtype)
+    np.testing.assert_array_equal(_decode(h, h.run(op, a)), want)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_scale_and_clamp_match_numpy(isa: str, h: Harness, dtype: DType) -> None:
+    x = _values(1001)
+    a = h.tensor(x, 1001, dtype=dtype)
+    xs = _decode(h, a)
+    got = _decode(h, h.run("scale", a, s=0.1))
+    np.testing.assert_array_equal(got, _round(xs * np.float32(0.1), dtype))
+    got = _decode(h, h.run("clamp", a, lo=-1.5, hi=2.0))
+    np.testing.assert_array_equal(got, _round(np.maximum(np.minimum(xs, 2.0), -1.5), dtype))
+
+
+def _exp64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return np.exp(x)
+
+
+def _sigmoid64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize(
+    ("op", "f", "rtol"),
+    [("exp", _exp64, 4e-7), ("sigmoid", _sigmoid64, 5e-7), ("silu", _silu64, 5e-7)],
+)
+def test_transcendental_unary_ops_against_float64(
+    isa: str, h: Harness, op: str, f: Any, rtol: float
+) -> None:
+    x = _WIDE
+    out = _decode(h, h.run(op, h.tensor(x, len(x)))).ravel()
+    with np.errstate(all="ignore"):
+        want = f(x.astype(np.float64)).astype(np.float32).astype(np.float64)  # F32 overflow
+    # atol: the F32 formulas give ±0 where e^-x overflows (silu at x < -88.7: |silu| < 3e-37).
+    bad = ~np.isclose(out, want, rtol=rtol, atol=1e-36, equal_nan=True)
+    assert not bad.any(), list(zip(x[bad], out[bad], want[bad], strict=True))[:5]
+
+
+def test_gelu_against_float64(isa: str, h: Harness) -> None:
+    x = _WIDE
+    out = _decode(h, h.run("gelu", h.tensor(x, len(x)))).ravel()
+    assert np.allclose(out, _gelu64(x.astype(np.float64)), rtol=2e-5, atol=1e-35, equal_nan=True)
+
+
 # ---- rope --------------------------------------------------------------------------------------
 
 
@@ -425,7 +488,7 @@ def test_rows_of_other_weight_types_take_the_numpy_path(h: Harness) -> None:
 # ---- prompt-sized calls on the pool ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op", ["add", "rms_norm", "swiglu", "softmax", "rope"])
+@pytest.mark.parametrize("op", ["add", "rms_norm", "swiglu", "softmax", "rope", "exp"])
 def test_prompt_sized_calls_on_two_threads_equal_one(isa: str, h: Harness, op: str) -> None:
     d, heads, tokens = 64, 16, 96  # 98304 elements: above the kernels' threading threshold
     x = h.tensor(_values(d * heads * tokens), d, heads, tokens)
@@ -438,6 +501,7 @@ def test_prompt_sized_calls_on_two_threads_equal_one(isa: str, h: Harness, op: s
         "swiglu": ((x, y), {}),
         "softmax": ((x,), {}),
         "rope": ((x, c, s), {"mode": 0}),
+        "exp": ((x,), {}),
     }
     srcs, params = args[op]
     one = _decode(h, h.run(op, *srcs, **params))

@@ -14,6 +14,9 @@
  *                                            or tiled over x (rms_norm, rms_norm_add).
  *   ops_softmax(out, x, threads)            per row along dim 0.
  *   ops_gated(kind, out, a, b, threads)     kind 0 silu(a)·b (swiglu), 1 gelu(a)·b (geglu).
+ *   ops_unary(kind, out, x, a, b, threads)  kind 0 scale (x·a), 1 clamp (lo a, hi b), 2 neg,
+ *                                            3 sqr, 4 sqrt, 5 relu, 6 silu, 7 gelu, 8 sigmoid,
+ *                                            9 exp (sin, cos, tanh stay in numpy).
  *   ops_rope(out, x, cos, sin, mode, threads) the fused rope op (mode 0 normal, 2 neox).
  *   ops_set_rows(out, a, ids)               out[:, ids[r], j, k] = a[:, r, j, k], converted.
  *   ops_rows(out, a, ids)                   out[:, i, j, k] = a[:, ids[i, j, k], j, k].
@@ -44,6 +47,8 @@
 enum { DT_F32 = 1, DT_F16 = 2, DT_Q8_0 = 3, DT_Q4_0 = 4, DT_I32 = 5, DT_BF16 = 7 };
 enum { OPS_ADD = 0, OPS_SUB = 1, OPS_MUL = 2, OPS_DIV = 3 };
 enum { OPS_SILU = 0, OPS_GELU = 1 };
+enum { OPS_SCALE, OPS_CLAMP, OPS_NEG, OPS_SQR, OPS_SQRT, OPS_RELU, OPS_SILU_1, OPS_GELU_1,
+       OPS_SIGMOID, OPS_EXP, OPS_N_UNARY };
 
 /* Elements from which a call is split over the pool's threads (about 30 µs of work). */
 #define OPS_PARALLEL (1 << 16)
@@ -60,6 +65,7 @@ typedef struct {
     void (*f32_to_f16)(const float *x, uint16_t *o, int64_t n);
     void (*bf16_to_f32)(const uint16_t *x, float *o, int64_t n);
     void (*f32_to_bf16)(const float *x, uint16_t *o, int64_t n);
+    void (*unary)(int kind, const float *x, float a, float b, float *o, int64_t n);
 } ops_kernels;
 
 /* F32 -> F16 bits exactly as numpy's astype(float16): round to nearest even (F. Giesen's
@@ -359,8 +365,9 @@ struct ops_job {
     ops_rows_fn fn;
     const ops_kernels *k;
     const ops_ref *out, *a, *b, *c;
-    int kind;      /* binary op, gate kind or rope mode */
-    float eps;     /* rms_norm */
+    int kind;      /* binary op, gate kind, unary op or rope mode */
+    float eps;     /* rms_norm's eps, scale's s, clamp's lo */
+    float hi;      /* clamp's hi */
     int64_t rows;  /* rows of out: ne1 * ne2 * ne3 */
     int64_t chunk; /* rows per item taken from the counter */
     int64_t next;  /* the pool's shared item counter */
@@ -513,6 +520,21 @@ static void ops_gated_rows(const ops_job *job, int64_t r0, int64_t r1, float *s)
     }
 }
 
+static void ops_unary_rows(const ops_job *job, int64_t r0, int64_t r1, float *s) {
+    const ops_ref *out = job->out, *a = job->a;
+    const int64_t n = out->ne[0];
+    float *ta = s, *to = s + n;
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t i1, i2, i3;
+        ops_split(out, r, &i1, &i2, &i3);
+        const float *x = ops_load(job->k, a, ops_row(a, i1, i2, i3), ta);
+        uint8_t *po = ops_row(out, i1, i2, i3);
+        float *o = ops_dest(out, po, to);
+        job->k->unary(job->kind, x, job->eps, job->hi, o, n);
+        if (o == to) ops_store(job->k, out, po, o, n);
+    }
+}
+
 static void ops_rope_rows(const ops_job *job, int64_t r0, int64_t r1, float *s) {
     const ops_ref *out = job->out, *a = job->a, *cs = job->b, *sn = job->c;
     const int64_t n = out->ne[0];
@@ -613,6 +635,31 @@ PyObject *mlplug_ops_softmax(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (ops_args(nargs, 3, "ops_softmax") < 0) return NULL;
     ops_ref r[2];
     const int rc = ops_softmax_impl(args, r);
+    ops_release(r, 2);
+    return ops_result(rc);
+}
+
+static int ops_unary_impl(PyObject *const *args, ops_ref *r) {
+    const long kind = PyLong_AsLong(args[0]);
+    const double lo = PyFloat_AsDouble(args[3]), hi = PyFloat_AsDouble(args[4]);
+    const long threads = PyLong_AsLong(args[5]);
+    if (PyErr_Occurred()) return -1;
+    int rc = ops_parse_all(args + 1, 2, r);
+    if (rc <= 0) return rc;
+    ops_ref *out = &r[0], *x = &r[1];
+    if (kind < 0 || kind >= OPS_N_UNARY || !ops_is_float(out) || !ops_is_float(x) ||
+        !ops_same_ne(out, x) || !ops_apart_or_same(out, x))
+        return 0;
+    ops_job job = {ops_unary_rows, ops_kernels_now(), out, x, NULL, NULL, (int)kind,
+                   (float)lo, (float)hi};
+    return ops_run(&job, threads) < 0 ? -1 : 1;
+}
+
+PyObject *mlplug_ops_unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (ops_args(nargs, 6, "ops_unary") < 0) return NULL;
+    ops_ref r[2];
+    const int rc = ops_unary_impl(args, r);
     ops_release(r, 2);
     return ops_result(rc);
 }

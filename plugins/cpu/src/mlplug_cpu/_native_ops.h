@@ -9,6 +9,7 @@
 PyObject *mlplug_ops_binary(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mlplug_ops_rms_norm(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mlplug_ops_softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mlplug_ops_unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mlplug_ops_gated(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mlplug_ops_rope(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mlplug_ops_set_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
@@ -26,6 +27,7 @@ PyObject *mlplug_ops_set_isa(PyObject *self, PyObject *arg);
                             "rms_norm (+ weight, + residual) of TensorRefs."),                 \
         MLPLUG_OPS_FASTCALL("ops_softmax", mlplug_ops_softmax, "softmax of TensorRefs."),      \
         MLPLUG_OPS_FASTCALL("ops_gated", mlplug_ops_gated, "swiglu (0) / geglu (1)."),         \
+        MLPLUG_OPS_FASTCALL("ops_unary", mlplug_ops_unary, "scale, clamp and unary ops."),    \
         MLPLUG_OPS_FASTCALL("ops_rope", mlplug_ops_rope, "The fused rope op."),                \
         MLPLUG_OPS_FASTCALL("ops_set_rows", mlplug_ops_set_rows, "set_rows (scatter)."),       \
         MLPLUG_OPS_FASTCALL("ops_rows", mlplug_ops_rows, "rows (gather)."),                    \

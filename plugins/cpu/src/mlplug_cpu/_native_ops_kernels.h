@@ -187,6 +187,43 @@ static void SFX(ops_gate)(int kind, const float *x, float *o, int64_t n) {
     for (; i < n; i++) o[i] = SFX(ops_gate1)(kind, x[i]);
 }
 
+/* o = f(x) for the unary ops (OPS_SCALE ... OPS_EXP; a, b: scale's s, clamp's lo and hi), as
+ * numpy computes them: relu is max(x, 0) with NaN kept, clamp max(min(x, hi), lo). */
+static void SFX(ops_unary)(int kind, const float *x, float a, float b, float *o, int64_t n) {
+    int64_t i = 0;
+    switch (kind) {
+    case OPS_SCALE: OPS_IVDEP for (; i < n; i++) o[i] = x[i] * a; return;
+    case OPS_CLAMP:
+        OPS_IVDEP for (; i < n; i++) {
+            const float v = x[i] < b || x[i] != x[i] ? x[i] : b;
+            o[i] = v > a || v != v ? v : a;
+        }
+        return;
+    case OPS_NEG: OPS_IVDEP for (; i < n; i++) o[i] = -x[i]; return;
+    case OPS_SQR: OPS_IVDEP for (; i < n; i++) o[i] = x[i] * x[i]; return;
+    case OPS_SQRT: OPS_IVDEP for (; i < n; i++) o[i] = sqrtf(x[i]); return;
+    case OPS_RELU: OPS_IVDEP for (; i < n; i++) o[i] = x[i] > 0.0f || x[i] != x[i] ? x[i] : 0.0f;
+        return;
+    case OPS_SILU_1: SFX(ops_gate)(OPS_SILU, x, o, n); return;
+    case OPS_GELU_1: SFX(ops_gate)(OPS_GELU, x, o, n); return;
+    default: break; /* sigmoid, exp */
+    }
+#ifdef OPS_F16C
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const __m256 y = kind == OPS_EXP
+                             ? SFX(ops_exp8)(v)
+                             : _mm256_div_ps(one, _mm256_add_ps(one, SFX(ops_exp8)(
+                                                                         _mm256_sub_ps(
+                                                                             _mm256_setzero_ps(), v))));
+        _mm256_storeu_ps(o + i, y);
+    }
+#endif
+    for (; i < n; i++)
+        o[i] = kind == OPS_EXP ? SFX(ops_exp)(x[i]) : 1.0f / (1.0f + SFX(ops_exp)(-x[i]));
+}
+
 /* Rotate the first n_rot values of a row of d: pairs (x[2i], x[2i+1]) (mode 0) or
  * (x[i], x[i + n_rot/2]) (mode 2) by cos[i], sin[i]; copy the rest. */
 static void SFX(ops_rope)(int mode, const float *x, const float *c,
@@ -261,5 +298,5 @@ static void SFX(ops_bf16_to_f32)(const uint16_t *x, float *o, int64_t n) {
 static const ops_kernels SFX(OPS_KERNELS) = {
     SFX(ops_binary),     SFX(ops_sumsq),       SFX(ops_div1),          SFX(ops_softmax),
     SFX(ops_gate),       SFX(ops_rope),        SFX(ops_f16_to_f32),    SFX(ops_f32_to_f16),
-    SFX(ops_bf16_to_f32), SFX(ops_f32_to_bf16),
+    SFX(ops_bf16_to_f32), SFX(ops_f32_to_bf16), SFX(ops_unary),
 };

@@ -6,9 +6,10 @@ SEMANTICS §5.2-§5.3. Every op computes in F32 and rounds once to the result dt
 by itself: :func:`tiled` splits each dim where ``b`` repeats into ``(repeats, b.ne[i])`` so that
 plain broadcasting over the ``repeats`` axis performs the tiling without copying ``b``.
 
-``add``/``sub``/``mul``/``div``, ``rope``, ``swiglu`` and ``geglu`` first try the C extension's
-small-op kernels (``_native_ops.c``: F32/F16/BF16 operands through their strides, a few µs per
-call at decode sizes, the pool's threads for prompt-sized calls); where it declines (not built,
+The unary ops but ``sin``/``cos``/``tanh``, ``scale``, ``clamp``, ``add``/``sub``/``mul``/``div``,
+``rope``, ``swiglu`` and ``geglu`` first try the C extension's small-op kernels
+(``_native_ops.c``: F32/F16/BF16 operands through their strides, a few µs per call at decode
+sizes, the pool's threads for prompt-sized calls); where it declines (not built,
 ``MLPLUG_CPU_NATIVE=0``, a partial overlap of output and input) the numpy code below runs.
 """
 
@@ -119,14 +120,47 @@ _UNARY: dict[str, Callable[[np.ndarray, np.ndarray], None]] = {
 }
 
 
-def _unary(f: Callable[[np.ndarray, np.ndarray], None]) -> Callable[[Node], None]:
+# The native kernel's number of each unary op (sin, cos and tanh have none: numpy runs them).
+_UNARY_CODES = {
+    "scale": 0,
+    "clamp": 1,
+    "neg": 2,
+    "sqr": 3,
+    "sqrt": 4,
+    "relu": 5,
+    "silu": 6,
+    "gelu": 7,
+    "sigmoid": 8,
+    "exp": 9,
+}
+
+
+def _run_unary(
+    node: Node,
+    f: Callable[[np.ndarray, np.ndarray], None],
+    code: int | None,
+    a_param: float = 0.0,
+    b_param: float = 0.0,
+) -> None:
+    # code: the native kernel's op number (None: numpy only); a_param, b_param: its parameters.
+    if node.out.n == 0:
+        return
+    a = node.operand()
+    ext = native.extension()
+    if (
+        code is not None
+        and ext is not None
+        and ext.ops_unary(code, node.out, a, a_param, b_param, native.threads())
+    ):
+        return
+    o = dest(node.out)
+    f(load(a), o)
+    commit(node.out, o)
+
+
+def _unary(f: Callable[[np.ndarray, np.ndarray], None], code: int | None) -> Callable[[Node], None]:
     def kernel(node: Node) -> None:
-        if node.out.n == 0:
-            return
-        a = node.operand()
-        o = dest(node.out)
-        f(load(a), o)
-        commit(node.out, o)
+        _run_unary(node, f, code)
 
     return kernel
 
@@ -137,7 +171,7 @@ def _scale(node: Node) -> None:
     def scale(x: np.ndarray, o: np.ndarray) -> None:
         np.multiply(x, s, out=o)
 
-    _unary(scale)(node)
+    _run_unary(node, scale, _UNARY_CODES["scale"], float(s))
 
 
 def _clamp(node: Node) -> None:
@@ -147,7 +181,7 @@ def _clamp(node: Node) -> None:
         np.minimum(x, hi, out=o)
         np.maximum(o, lo, out=o)
 
-    _unary(clamp)(node)
+    _run_unary(node, clamp, _UNARY_CODES["clamp"], float(lo), float(hi))
 
 
 def _rope(node: Node) -> None:
@@ -196,7 +230,7 @@ def _gated(f: Callable[[np.ndarray, np.ndarray], None], kind: int) -> Callable[[
 
 
 KERNELS: dict[str, Callable[[Node], None]] = {
-    **{name: _unary(f) for name, f in _UNARY.items()},
+    **{name: _unary(f, _UNARY_CODES.get(name)) for name, f in _UNARY.items()},
     "rope": _rope,
     "swiglu": _gated(_silu, 0),
     "geglu": _gated(_gelu, 1),
