@@ -328,3 +328,76 @@ def test_computing_again_after_a_read_buffer_was_closed_is_refused(tmp_path: Pat
         ctx.close()
     finally:
         backend.close()
+
+
+def test_the_servers_two_request_decode_steps_build_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The scheduler's own step (mlplug serve): two requests decoded together, one token each
+    # per step; after the first such step the graph is kept, except where the history view
+    # grows by the cache padding (32 cells without flash attention).
+    pytest.importorskip("jinja2")
+    import threading
+
+    from mlplug._run import demo_model_path
+    from mlplug.generate import Sampling, generate
+    from mlplug.serve.scheduler import Finished, Job, Piece, Scheduler
+    from mlplug.tokenizer import Tokenizer
+
+    with demo_model_path() as path:
+        backend = mlplug.new_backend(str(path), mlplug.BackendParams(num_threads=1), backend="cpu")
+    backend.load()
+    try:
+        model, tok = from_backend(backend), Tokenizer.from_config(backend.config())
+        built: list[tuple[int, int]] = []  # (tokens in the step, nodes it recorded)
+        count = Counter(monkeypatch)
+
+        class Recorder:
+            def new_cache(self, **kw: object) -> object:
+                return model.new_cache(**kw)  # type: ignore[arg-type]
+
+            def reserve(self, cache: object, n: int) -> None:
+                model.reserve(cache, n)
+
+            def forward(self, cache: object, batch: Batch) -> np.ndarray:
+                count.reset()
+                logits = model.forward(cache, batch)
+                built.append((len(batch.tokens), count.nodes))
+                return logits
+
+        sched = Scheduler(Recorder(), tok, parallel=2, ctx_size=64, n_batch=16, queue_size=2)  # type: ignore[arg-type]
+        prompts = [tok.encode("Once upon a time"), tok.encode("The cache")]
+        texts: dict[int, list[str]] = {0: [], 1: []}
+        done = threading.Semaphore(0)
+
+        def emit(key: int) -> object:
+            def on(event: object) -> None:
+                if isinstance(event, Piece):
+                    texts[key].append(event.text)
+                elif isinstance(event, Finished):
+                    done.release()
+
+            return on
+
+        greedy = Sampling(temperature=0)
+        for i, p in enumerate(prompts):
+            sched.submit(Job(p, 24, greedy, (), emit(i), ignore_eos=True))  # type: ignore[arg-type]
+        sched.start()
+        try:
+            for _ in prompts:
+                assert done.acquire(timeout=60), "a request did not finish"
+        finally:
+            sched.close()
+        steps = [nodes for n, nodes in built if n == 2]
+        assert len(steps) >= 20
+        assert steps[0] > 0
+        assert sum(1 for nodes in steps if nodes) <= 3, steps  # first, and padding boundaries
+        # The text is what generate() gives each prompt alone.
+        for i, p in enumerate(prompts):
+            cache = model.new_cache(capacity=64, max_batch=16)
+            ids = list(generate(model, cache, p, 24, sampling=greedy))
+            cache.close()
+            want = b"".join(tok.token_to_piece(t) for t in ids).decode("utf-8", "replace")
+            assert "".join(texts[i]) == want
+    finally:
+        backend.close()
