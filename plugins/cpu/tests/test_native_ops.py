@@ -447,13 +447,56 @@ def test_an_id_out_of_range_raises_before_writing(isa: str, h: Harness, op: str)
             h.run("rows", table, h.tensor([1, -1, 7], 3, dtype=DType.I32))
 
 
-def test_set_rows_into_a_quantised_cache_takes_the_numpy_path(h: Harness) -> None:
-    x = _values(64 * 2)
-    dst = h.empty(DType.Q8_0, 64, 3)
-    h.run("set_rows", h.tensor(x, 64, 2), dst, h.tensor([2, 0], 2, dtype=DType.I32))
-    got = _decode(h, dst)[0, 0]
-    want = quant.decode(quant.encode(x.reshape(2, 64), DType.Q8_0), DType.Q8_0)
-    np.testing.assert_array_equal(got[[2, 0]], want)
+def _quant_blocks() -> np.ndarray:
+    """Blocks of 32 that probe the quantisers, 64 blocks in all.
+
+    Random blocks, zeros, a negative extreme; Q8_0 ties (max 127, so 1/d = 1 and x·1/d = k + ½
+    exactly: half away from zero, not to even); Q4_0 blocks of (m + ½)·d, where x·1/d + 8.5
+    lands within an ulp of an integer, so a fused multiply-add would truncate differently.
+    """
+    x = _values(32 * 64).reshape(64, 32)
+    x[1, :] = 0.0
+    x[2, 5] = -40.0
+    x[3] = np.concatenate([[127.0], np.arange(31) - 15.5])
+    d = -RNG.uniform(1, 8, 58).astype(np.float32) / np.float32(-8)
+    m = np.concatenate([np.arange(-8, 8), np.arange(-8, 7)]) + 0.5  # 31 values
+    x[6:, 0] = -8 * d
+    x[6:, 1:] = m[None, :] * d[:, None]
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("dst_dtype", [DType.Q8_0, DType.Q4_0])
+@pytest.mark.parametrize("src_dtype", [DType.F32, DType.F16])
+def test_set_rows_quantises_like_gguf(
+    isa: str, h: Harness, dst_dtype: DType, src_dtype: DType
+) -> None:
+    x = _quant_blocks().reshape(4, 512)  # 4 rows of 16 blocks
+    a = h.tensor(x, 512, 4, dtype=src_dtype)
+    dst = h.empty(dst_dtype, 512, 6)
+    h.run("set_rows", a, dst, h.tensor([4, 0, 2, 5], 4, dtype=DType.I32))
+    got = np.frombuffer(h.bytes(dst), np.uint8).reshape(6, -1)
+    want = quant.encode(_decode(h, a)[0, 0], dst_dtype).reshape(4, -1)
+    np.testing.assert_array_equal(got[[4, 0, 2, 5]], want)
+    assert not got[[1, 3]].any()
+
+
+def test_set_rows_of_inf_into_a_quantised_cache_takes_the_numpy_path(h: Harness) -> None:
+    if not NATIVE_BUILT:
+        pytest.skip("mlplug_cpu._native is not built")
+    ext = native.extension()
+    assert ext is not None
+    x = _values(64)
+    x[3] = np.inf
+    a, ids = h.tensor(x, 32, 2), h.tensor([1, 0], 2, dtype=DType.I32)
+    dst = h.empty(DType.Q8_0, 32, 2)
+    assert not ext.ops_set_rows(dst, a, ids)  # declined, nothing written
+    assert not any(h.bytes(dst))
+    h.run("set_rows", a, dst, ids)  # the numpy path
+    with np.errstate(all="ignore"):
+        want = quant.encode(x.reshape(2, 32), DType.Q8_0)
+    np.testing.assert_array_equal(
+        np.frombuffer(h.bytes(dst), np.uint8).reshape(2, -1)[[1, 0]], want.reshape(2, -1)
+    )
 
 
 # ---- rows --------------------------------------------------------------------------------------

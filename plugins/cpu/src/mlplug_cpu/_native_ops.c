@@ -18,7 +18,8 @@
  *                                            3 sqr, 4 sqrt, 5 relu, 6 silu, 7 gelu, 8 sigmoid,
  *                                            9 exp (sin, cos, tanh stay in numpy).
  *   ops_rope(out, x, cos, sin, mode, threads) the fused rope op (mode 0 normal, 2 neox).
- *   ops_set_rows(out, a, ids)               out[:, ids[r], j, k] = a[:, r, j, k], converted.
+ *   ops_set_rows(out, a, ids)               out[:, ids[r], j, k] = a[:, r, j, k], converted
+ *                                            (a Q8_0/Q4_0 out quantised bit for bit as gguf).
  *   ops_rows(out, a, ids)                   out[:, i, j, k] = a[:, ids[i, j, k], j, k].
  *   ops_isa() -> str, ops_set_isa(name) -> bool   "avx2" or "generic" (tests use both).
  * Float operands and results are F32, F16 or BF16 (computed in F32, rounded once, F16 exactly
@@ -95,6 +96,57 @@ static inline uint16_t ops_f32_to_f16_1(float f) {
         o = (x + 0xc8000fffu + ((x >> 13) & 1u)) >> 13;
     }
     return (uint16_t)(o | sign);
+}
+
+/* F32 -> Q8_0 / Q4_0 blocks, bit for bit as gguf.quants.quantize (= ggml's reference
+ * quantisers; SEMANTICS §3.2): Q8_0 d = max|x| / 127, q = round half away from zero (x · 1/d);
+ * Q4_0 d = (the first value of largest magnitude) / -8, q = min(15, trunc(x · 1/d + 8.5)); d
+ * stored as F16, 1/d taken as 0 when d is 0. Each product and sum is rounded to F32 on its own:
+ * a fused multiply-add would change q where x · 1/d + 8.5 lands near an integer, so these are
+ * compiled without contraction (and outside the AVX2 region, which has FMA). The caller has
+ * checked that every value is finite. */
+__attribute__((optimize("fp-contract=off"))) static void ops_quantize_row(int dtype,
+                                                                           const float *x,
+                                                                           uint8_t *p,
+                                                                           ptrdiff_t nb0,
+                                                                           int64_t n) {
+    for (int64_t b = 0; b < n / 32; b++, x += 32, p += nb0) {
+        float d, id;
+        if (dtype == DT_Q8_0) {
+            float amax = 0.0f;
+            for (int j = 0; j < 32; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+            d = amax / 127.0f;
+            id = d == 0.0f ? 0.0f : 1.0f / d;
+            for (int j = 0; j < 32; j++) {
+                const float v = x[j] * id;
+                p[2 + j] = (uint8_t)(int8_t)roundf(v);
+            }
+        } else {
+            float amax = 0.0f, max = 0.0f;
+            for (int j = 0; j < 32; j++)
+                if (fabsf(x[j]) > amax) {
+                    amax = fabsf(x[j]);
+                    max = x[j];
+                }
+            d = max / -8.0f;
+            id = d == 0.0f ? 0.0f : 1.0f / d;
+            uint8_t q[32];
+            for (int j = 0; j < 32; j++) {
+                const float v = x[j] * id;
+                const float t = truncf(v + 8.5f);
+                q[j] = t > 15.0f ? 15 : (uint8_t)t;
+            }
+            for (int j = 0; j < 16; j++) p[2 + j] = (uint8_t)(q[j] | (q[j + 16] << 4));
+        }
+        const uint16_t h = ops_f32_to_f16_1(d);
+        memcpy(p, &h, 2);
+    }
+}
+
+static int ops_all_finite(const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
 }
 
 #define SFX(name) name##_generic
@@ -733,9 +785,14 @@ static int ops_check_ids(const ops_ref *ids, int64_t axis_len, const char *op) {
     return 0;
 }
 
-/* Copy or convert one row of n elements from src (row at ps) to dst (row at pd). */
+/* Copy or convert one row of n elements from src (row at ps) to dst (row at pd; a Q8_0/Q4_0
+ * dst is quantised). */
 static void ops_move_row(const ops_kernels *k, const ops_ref *src, const uint8_t *ps,
                          const ops_ref *dst, uint8_t *pd, int64_t n, float *tmp) {
+    if (dst->block > 1) {
+        ops_quantize_row(dst->dtype, ops_load(k, src, ps, tmp), pd, dst->nb[0], n);
+        return;
+    }
     if (src->dtype == dst->dtype) {
         const int e = src->bytes;
         if (src->nb[0] == e && dst->nb[0] == e) {
@@ -752,8 +809,9 @@ static int ops_set_rows_impl(PyObject *const *args, ops_ref *r) {
     int rc = ops_parse_all(args, 3, r);
     if (rc <= 0) return rc;
     ops_ref *out = &r[0], *a = &r[1], *ids = &r[2];
-    /* a [ne0, R, ne2, ne3] and out [ne0, N, ne2, ne3] float; ids I32 [R]. */
-    if (!ops_is_float(out) || !ops_is_float(a) || ids->dtype != DT_I32 || a->ne[0] != out->ne[0] ||
+    /* a [ne0, R, ne2, ne3] float; out [ne0, N, ne2, ne3] float, Q8_0 or Q4_0; ids I32 [R]. */
+    if ((!ops_is_float(out) && out->block == 1) || !ops_is_float(a) || ids->dtype != DT_I32 ||
+        a->ne[0] != out->ne[0] ||
         a->ne[2] != out->ne[2] || a->ne[3] != out->ne[3] || ids->ne[0] != a->ne[1] ||
         ids->ne[1] != 1 || ids->ne[2] != 1 || ids->ne[3] != 1 || !ops_apart(out, a) ||
         !ops_apart(out, ids))
@@ -766,6 +824,14 @@ static int ops_set_rows_impl(PyObject *const *args, ops_ref *r) {
         PyErr_NoMemory();
         return -1;
     }
+    if (out->block > 1) /* quantising inf or NaN: leave numpy's behaviour to numpy */
+        for (int64_t i3 = 0; i3 < a->ne[3]; i3++)
+            for (int64_t i2 = 0; i2 < a->ne[2]; i2++)
+                for (int64_t i = 0; i < a->ne[1]; i++)
+                    if (!ops_all_finite(ops_load(k, a, ops_row(a, i, i2, i3), tmp), a->ne[0])) {
+                        free(tmp);
+                        return 0;
+                    }
     /* In order of r, so that the last row written to a repeated id wins. */
     for (int64_t i3 = 0; i3 < a->ne[3]; i3++)
         for (int64_t i2 = 0; i2 < a->ne[2]; i2++)

@@ -6,9 +6,10 @@ between different CACHE dtypes goes through F32 values; ``rows`` gathers the sto
 converts only those. View ops (``reshape``, ``view``, ``permute``) share their source's storage and
 have nothing to execute.
 
-``rows`` (F32/F16/BF16/I32/Q8_0/Q4_0 tables) and ``set_rows`` (F32/F16/BF16 rows and caches) first
-try the C extension (``_native_ops.c``), which checks the ids and converts exactly as the numpy
-code does; other dtypes (the block-quantised caches, the other weight types) take the numpy path.
+``rows`` (F32/F16/BF16/I32/Q8_0/Q4_0 tables) and ``set_rows`` (F32/F16/BF16 rows into F32, F16,
+BF16, Q8_0 or Q4_0 caches) first try the C extension (``_native_ops.c``), which checks the ids
+and converts exactly as the numpy code does (quantising bit for bit as ``gguf``); other dtypes,
+and rows holding inf or NaN bound for a quantised cache, take the numpy path.
 """
 
 from __future__ import annotations
