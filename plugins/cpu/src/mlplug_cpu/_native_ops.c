@@ -105,11 +105,14 @@ static inline uint16_t ops_f32_to_f16_1(float f) {
  * a fused multiply-add would change q where x · 1/d + 8.5 lands near an integer, so these are
  * compiled without contraction (and outside the AVX2 region, which has FMA). The caller has
  * checked that every value is finite. */
-__attribute__((optimize("fp-contract=off"))) static void ops_quantize_row(int dtype,
-                                                                           const float *x,
-                                                                           uint8_t *p,
-                                                                           ptrdiff_t nb0,
-                                                                           int64_t n) {
+#if defined(__GNUC__) && !defined(__clang__)
+#define OPS_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else /* clang contracts only within one expression by default; each step here is its own */
+#define OPS_NO_CONTRACT
+#endif
+
+OPS_NO_CONTRACT static void ops_quantize_row(int dtype, const float *x, uint8_t *p, ptrdiff_t nb0,
+                                             int64_t n) {
     for (int64_t b = 0; b < n / 32; b++, x += 32, p += nb0) {
         float d, id;
         if (dtype == DT_Q8_0) {
