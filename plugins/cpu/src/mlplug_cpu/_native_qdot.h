@@ -472,7 +472,9 @@ static inline __attribute__((always_inline)) void SFX(t16_dot)(const __m512i *u,
     *hi = _mm512_add_epi32(s[1], s[3]);
 }
 
-/* KIND: 0 Q4_0, 1 Q4_1, 2 Q8_0. TS bytes per block, codes at byte CO of a block. Writes
+/* KIND: 0 Q4_0, 1 Q4_1, 2 Q8_0, 5 Q5_0, 6 Q5_1 (the 32 fifth bits, a dword just before the
+ * nibbles, are spread into bit 4 of each code byte through a 16-entry dword table indexed by
+ * 4 bits at a time). TS bytes per block, codes at byte CO of a block. Writes
  * o[c*os + r] for the 16 rows at w and RN activation rows. */
 static inline __attribute__((always_inline)) void SFX(t16_tile)(
     const uint8_t *w, ptrdiff_t w_rs, const int8_t *xq, const xblock *xb, int64_t k, float *o,
@@ -482,7 +484,18 @@ static inline __attribute__((always_inline)) void SFX(t16_tile)(
                                                              11, 12, 13, 14, 15),
                                            _mm512_set1_epi32((int)w_rs));
     const __m512i low4 = _mm512_set1_epi8(15), flip = _mm512_set1_epi8((char)0x80);
-    const float bias = KIND == 0 ? -8.0f : KIND == 2 ? -128.0f : 0.0f;
+    const float bias = KIND == 0 ? -8.0f : KIND == 2 ? -128.0f : KIND == 5 ? -16.0f : 0.0f;
+    const int offset = KIND == 1 || KIND == 6; /* w = d*u + m instead of d*(u - bias) */
+    __m512i spread = _mm512_setzero_si512(); /* entry v: byte i = 16 * bit i of v */
+    if (KIND == 5 || KIND == 6) {
+        int32_t table[16];
+        for (int v = 0; v < 16; v++) {
+            uint32_t e = 0;
+            for (int i = 0; i < 4; i++) e |= (uint32_t)((v >> i) & 1) << (8 * i + 4);
+            table[v] = (int32_t)e;
+        }
+        spread = _mm512_loadu_si512(table);
+    }
     __m512 acc[T16_RN];
     for (int c = 0; c < RN; c++) acc[c] = _mm512_setzero_ps();
     for (int64_t j = 0; j < nb; j++) {
@@ -498,7 +511,7 @@ static inline __attribute__((always_inline)) void SFX(t16_tile)(
         const __m512i head = _mm512_i32gather_epi32(idx, (const void *)blk, 1);
         const __m512 d = SFX(t16_halves)(head, 0);
         __m512 m = _mm512_setzero_ps();
-        if (KIND == 1) m = SFX(t16_halves)(head, 1);
+        if (offset) m = SFX(t16_halves)(head, 1);
         __m512i u[8]; /* u[g]: elements 4g..4g+3 (Q8_0: of the first or second 16 bytes) */
         __m512i t[4];
         SFX(t16_transpose)(blk + CO, w_rs, t);
@@ -511,6 +524,15 @@ static inline __attribute__((always_inline)) void SFX(t16_tile)(
                 u[g] = _mm512_and_si512(t[g], low4);
                 u[4 + g] = _mm512_and_si512(_mm512_srli_epi16(t[g], 4), low4);
             }
+            if (KIND == 5 || KIND == 6) {
+                const __m512i qh = _mm512_i32gather_epi32(idx, (const void *)(blk + CO - 4), 1);
+                const __m512i nib = _mm512_set1_epi32(15);
+                for (int g = 0; g < 8; g++) { /* elements 4g.. (g < 4), 16 + 4(g-4).. */
+                    const int bit = g < 4 ? 4 * g : 16 + 4 * (g - 4);
+                    const __m512i v = _mm512_and_si512(_mm512_srli_epi32(qh, bit), nib);
+                    u[g] = _mm512_or_si512(u[g], _mm512_permutexvar_epi32(v, spread));
+                }
+            }
         }
         for (int c = 0; c < RN; c++) {
             const int8_t *x = xq + c * k + j * QK;
@@ -518,7 +540,7 @@ static inline __attribute__((always_inline)) void SFX(t16_tile)(
             __m512i lo, hi;
             SFX(t16_dot)(u, x, &lo, &hi);
             const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
-            if (KIND == 1) {
+            if (offset) {
                 acc[c] = _mm512_fmadd_ps(m, _mm512_set1_ps(xi.s), acc[c]);
                 acc[c] = _mm512_fmadd_ps(d, _mm512_mul_ps(dot, _mm512_set1_ps(xi.d)), acc[c]);
             } else {
@@ -691,6 +713,8 @@ static inline __attribute__((always_inline)) void SFX(t16k_tile)(
 DEFINE_T16(q4_0, t16_tile, 0, 18, 2)
 DEFINE_T16(q4_1, t16_tile, 1, 20, 4)
 DEFINE_T16(q8_0, t16_tile, 2, 34, 2)
+DEFINE_T16(q5_0, t16_tile, 5, 22, 6)
+DEFINE_T16(q5_1, t16_tile, 6, 24, 8)
 DEFINE_T16(q4_k, t16k_tile, 3, 144, 0)
 DEFINE_T16(q6_k, t16k_tile, 4, 210, 0)
 #undef DEFINE_T16
@@ -698,6 +722,8 @@ DEFINE_T16(q6_k, t16k_tile, 4, 210, 0)
 #define T16_q4_0(...) m0 = SFX(t16_q4_0)(__VA_ARGS__)
 #define T16_q4_1(...) m0 = SFX(t16_q4_1)(__VA_ARGS__)
 #define T16_q8_0(...) m0 = SFX(t16_q8_0)(__VA_ARGS__)
+#define T16_q5_0(...) m0 = SFX(t16_q5_0)(__VA_ARGS__)
+#define T16_q5_1(...) m0 = SFX(t16_q5_1)(__VA_ARGS__)
 #define T16_q4_k(...) m0 = SFX(t16_q4_k)(__VA_ARGS__)
 #define T16_q6_k(...) m0 = SFX(t16_q6_k)(__VA_ARGS__)
 #endif
@@ -705,11 +731,11 @@ DEFINE_T16(q6_k, t16k_tile, 4, 210, 0)
 #define T16_q4_0(...) (void)0
 #define T16_q4_1(...) (void)0
 #define T16_q8_0(...) (void)0
+#define T16_q5_0(...) (void)0
+#define T16_q5_1(...) (void)0
 #define T16_q4_k(...) (void)0
 #define T16_q6_k(...) (void)0
 #endif
-#define T16_q5_0(...) (void)0
-#define T16_q5_1(...) (void)0
 #define T16_q2_k(...) (void)0
 #define T16_q3_k(...) (void)0
 #define T16_q5_k(...) (void)0

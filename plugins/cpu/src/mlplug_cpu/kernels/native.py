@@ -6,9 +6,9 @@ workers sleep; see ``_native_pool.c``). Which path a product takes:
 * block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), any ``N``: ``b`` is
   quantised once to int8 blocks of 32 and multiplied with integer dot products (AVX512-VNNI,
   AVX2 or portable C, picked by CPUID at import), in tiles of 4 weight rows x 4 ``b`` rows
-  (with AVX512-VNNI, Q4_0/Q4_1/Q8_0/Q4_K/Q6_K: 16 weight rows x up to 8 ``b`` rows on
-  512-bit registers, the weight's GGUF blocks transposed in registers so that each lane holds
-  one weight row).
+  (with AVX512-VNNI, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K: 16 weight rows x up to 8 ``b``
+  rows on 512-bit registers, the weight's GGUF blocks transposed in registers so that each
+  lane holds one weight row).
   SEMANTICS §5 allows the vec-dot format; the error is that of rounding ``b`` to 8 bits per
   32-block. A ``b`` holding inf or NaN takes the exact numpy path instead.
 * F16/BF16 where AVX-512 is present (``wide_float()``), ``N <= WIDE_MAX_ROWS``: for ``N > 4``
