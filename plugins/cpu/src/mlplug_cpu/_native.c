@@ -5,9 +5,8 @@
  *   is quantised once per product to int8 blocks of 32 and multiplied with integer dot products
  *   (AVX512-VNNI vpdpbusd, AVX2 maddubs, or portable C; _native_qdot.h), tiles of 4 weight rows
  *   x 4 activation rows; with AVX512-VNNI, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K use 16-row
- *   tiles on 512-bit
- *   registers (a lane per weight row, the GGUF blocks transposed in registers) x up to 8
- *   activation rows.
+ *   tiles on 512-bit registers (a lane per weight row, the GGUF blocks transposed in
+ *   registers) x up to 8 activation rows.
  * * F32, F16, BF16 (and the float path of Q8_0/Q4_0/Q4_K/Q6_K): each block is decoded to F32 in
  *   registers/L1 and FMA'd into F32 accumulators (_native_kernels.h); with AVX-512, F16 and
  *   BF16 run in tiles of 4 weight rows x 6 activation rows on 512-bit registers.
