@@ -7,6 +7,7 @@ Graphs are built through the public API on toy devices (a CPU and one GPU holdin
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from mlplug.engine.schedule import (
     route_transfers,
 )
 from mlplug.tensor import Tensor
+from mlplug_conformance import synth
 from toy_device import ToyDevice, toy_plugin
 
 CPU, GPU = 0, 1
@@ -308,3 +310,52 @@ def test_the_layout_of_an_empty_operand_is_part_of_the_structure() -> None:
             else:
                 with pytest.raises(mlplug.UnsupportedOpError, match="no F16 products"):
                     ctx.compute(y)
+
+
+@pytest.mark.parametrize("main_gpu", [0, 1])
+def test_a_node_gathering_from_two_gpus_follows_its_operand_computed_last(
+    tmp_path: Path, main_gpu: int
+) -> None:
+    # SEMANTICS §6.4 rule 5: the GPU of the operand computed last; main_gpu when every GPU
+    # operand is a stored tensor. Two blocks over two GPUs: layer 0 on GPU 0, layer 1 on GPU 1.
+    path = synth.write_llama_gguf(
+        tmp_path / "two-blocks.gguf",
+        n_layers=2,
+        n_embd=32,
+        n_head=2,
+        n_head_kv=1,
+        n_ff=32,
+        n_vocab=64,
+    )
+    plugin, _ = toy_plugin(2)
+    backend = EngineFactory(plugin)(
+        str(path), BackendParams(num_gpu_layers=2, main_gpu=main_gpu, tensor_split=(1, 1))
+    )
+    try:
+        ctx = backend.new_context()
+        a = ctx.layer(0).from_float_slice(range(8), 8)  # GPU 0 (device 1)
+        b = ctx.layer(1).from_float_slice(range(8, 16), 8)  # GPU 1 (device 2)
+        x = a.scale(ctx, 2.0)  # computed on device 1
+        y = b.scale(ctx, 3.0)  # computed on device 2
+        stream = x.add(ctx, y)  # y is the operand computed last: device 2
+        back = y.add(ctx, x).add(ctx, stream.scale(ctx, 0.5))  # stream (device 2) is latest
+        stored = a.add(ctx, b)  # no computed operand: main_gpu
+        ctx.forward(x)  # graph order (post-order of forward calls): x, then y, then the rest
+        ctx.forward(y)
+        ix = index(ctx, back, stored)
+        assert isinstance(backend, GraphBackend)
+        p = place_nodes(
+            ix, backend.devices, 1 + main_gpu, backend.is_weight, backend._storage_device
+        )
+        ops = [(t._op, d) for t, d in zip(ix.graph, p.device, strict=True)]  # type: ignore[attr-defined]
+        where = dict(zip(map(id, ix.graph), p.device, strict=True))  # type: ignore[attr-defined]
+        assert where[id(x)] == 1 and where[id(y)] == 2, ops
+        assert where[id(stream)] == 2
+        assert where[id(back)] == 2
+        assert where[id(stored)] == 1 + main_gpu
+        ctx.forward(back, stored).compute(back, stored)
+        xs, ys = 2.0 * np.arange(8), 3.0 * np.arange(8, 16)
+        assert np.allclose(back.numpy(), ys + xs + 0.5 * (xs + ys))
+        assert np.allclose(stored.numpy(), np.arange(8) + np.arange(8, 16))
+    finally:
+        backend.close()

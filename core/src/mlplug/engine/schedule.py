@@ -299,8 +299,7 @@ def place_nodes(
             if weights:
                 device = where(weights[0])
             else:
-                gpus = {where(r) for r in srcs} - {0}
-                device = (gpus.pop() if len(gpus) == 1 else main_gpu_device) if gpus else 0
+                device = _gathering_device(srcs, where, main_gpu_device)
             reason = refusal(device, i)
             if reason is not None and device != 0:
                 if not cpu_fallback:
@@ -314,6 +313,25 @@ def place_nodes(
             placement.location[i] = device
         placement.device[i] = device
     return placement
+
+
+def _gathering_device(srcs: Sequence[int], where: Callable[[int], int], main_gpu: int) -> int:
+    """Return where a node with no weight operand runs (SEMANTICS §6.4 rule 5).
+
+    On the CPU (device 0) when no operand is on a GPU; on that GPU when one is; when operands are
+    on several GPUs, on the GPU of the operand computed last (``srcs`` are storage roots, and a
+    computed root's reference is its position in graph order), else on ``main_gpu``. Following
+    the operand computed last keeps a residual stream on the GPU of the layer that just ran
+    (as ggml's scheduler does): gathering on ``main_gpu`` sent the stream across devices twice
+    per layer of a split model.
+    """
+    gpus = {where(r) for r in srcs} - {0}
+    if not gpus:
+        return 0
+    if len(gpus) == 1:
+        return gpus.pop()
+    computed = [r for r in srcs if r >= 0 and where(r) != 0]
+    return where(max(computed)) if computed else main_gpu
 
 
 def route_transfers(ix: GraphIndex, placement: Placement) -> list[Step]:
