@@ -622,6 +622,18 @@ static int ops_args(Py_ssize_t nargs, Py_ssize_t want, const char *name) {
     return -1;
 }
 
+/* The Python entry point mlplug_ops_NAME: check the argument count, let IMPL parse the N_REFS
+ * tensor refs and run, release every ref it took, return True / False / NULL (error set). */
+#define OPS_ENTRY(NAME, IMPL, N_ARGS, N_REFS)                                                    \
+    PyObject *mlplug_ops_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {      \
+        (void)self;                                                                           \
+        if (ops_args(nargs, N_ARGS, "ops_" #NAME) < 0) return NULL;                          \
+        ops_ref r[N_REFS];                                                                    \
+        const int rc = IMPL(args, r);                                                         \
+        ops_release(r, N_REFS);                                                               \
+        return ops_result(rc);                                                                \
+    }
+
 static int ops_binary_impl(PyObject *const *args, ops_ref *r) {
     const long op = PyLong_AsLong(args[0]);
     const long threads = PyLong_AsLong(args[4]);
@@ -637,14 +649,7 @@ static int ops_binary_impl(PyObject *const *args, ops_ref *r) {
     return ops_run(&job, threads) < 0 ? -1 : 1;
 }
 
-PyObject *mlplug_ops_binary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (ops_args(nargs, 5, "ops_binary") < 0) return NULL;
-    ops_ref r[3];
-    const int rc = ops_binary_impl(args, r);
-    ops_release(r, 3);
-    return ops_result(rc);
-}
+OPS_ENTRY(binary, ops_binary_impl, 5, 3)
 
 static int ops_rms_impl(PyObject *const *args, ops_ref *r) {
     const double eps = PyFloat_AsDouble(args[4]);
@@ -663,14 +668,7 @@ static int ops_rms_impl(PyObject *const *args, ops_ref *r) {
     return ops_run(&job, threads) < 0 ? -1 : 1;
 }
 
-PyObject *mlplug_ops_rms_norm(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (ops_args(nargs, 6, "ops_rms_norm") < 0) return NULL;
-    ops_ref r[4];
-    const int rc = ops_rms_impl(args, r);
-    ops_release(r, 4);
-    return ops_result(rc);
-}
+OPS_ENTRY(rms_norm, ops_rms_impl, 6, 4)
 
 static int ops_softmax_impl(PyObject *const *args, ops_ref *r) {
     const long threads = PyLong_AsLong(args[2]);
@@ -685,14 +683,7 @@ static int ops_softmax_impl(PyObject *const *args, ops_ref *r) {
     return ops_run(&job, threads) < 0 ? -1 : 1;
 }
 
-PyObject *mlplug_ops_softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (ops_args(nargs, 3, "ops_softmax") < 0) return NULL;
-    ops_ref r[2];
-    const int rc = ops_softmax_impl(args, r);
-    ops_release(r, 2);
-    return ops_result(rc);
-}
+OPS_ENTRY(softmax, ops_softmax_impl, 3, 2)
 
 static int ops_unary_impl(PyObject *const *args, ops_ref *r) {
     const long kind = PyLong_AsLong(args[0]);
@@ -710,14 +701,7 @@ static int ops_unary_impl(PyObject *const *args, ops_ref *r) {
     return ops_run(&job, threads) < 0 ? -1 : 1;
 }
 
-PyObject *mlplug_ops_unary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (ops_args(nargs, 6, "ops_unary") < 0) return NULL;
-    ops_ref r[2];
-    const int rc = ops_unary_impl(args, r);
-    ops_release(r, 2);
-    return ops_result(rc);
-}
+OPS_ENTRY(unary, ops_unary_impl, 6, 2)
 
 static int ops_gated_impl(PyObject *const *args, ops_ref *r) {
     const long kind = PyLong_AsLong(args[0]);
@@ -735,14 +719,7 @@ static int ops_gated_impl(PyObject *const *args, ops_ref *r) {
     return ops_run(&job, threads) < 0 ? -1 : 1;
 }
 
-PyObject *mlplug_ops_gated(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (ops_args(nargs, 5, "ops_gated") < 0) return NULL;
-    ops_ref r[3];
-    const int rc = ops_gated_impl(args, r);
-    ops_release(r, 3);
-    return ops_result(rc);
-}
+OPS_ENTRY(gated, ops_gated_impl, 5, 3)
 
 static int ops_rope_impl(PyObject *const *args, ops_ref *r) {
     const long mode = PyLong_AsLong(args[4]);
@@ -762,14 +739,7 @@ static int ops_rope_impl(PyObject *const *args, ops_ref *r) {
     return ops_run(&job, threads) < 0 ? -1 : 1;
 }
 
-PyObject *mlplug_ops_rope(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (ops_args(nargs, 6, "ops_rope") < 0) return NULL;
-    ops_ref r[4];
-    const int rc = ops_rope_impl(args, r);
-    ops_release(r, 4);
-    return ops_result(rc);
-}
+OPS_ENTRY(rope, ops_rope_impl, 6, 4)
 
 /* Check every id in logical order (dim 0 fastest); -1 with IndexError naming the first bad one,
  * as the numpy path does. */
@@ -848,14 +818,7 @@ static int ops_set_rows_impl(PyObject *const *args, ops_ref *r) {
     return 1;
 }
 
-PyObject *mlplug_ops_set_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (ops_args(nargs, 3, "ops_set_rows") < 0) return NULL;
-    ops_ref r[3];
-    const int rc = ops_set_rows_impl(args, r);
-    ops_release(r, 3);
-    return ops_result(rc);
-}
+OPS_ENTRY(set_rows, ops_set_rows_impl, 3, 3)
 
 /* Decode n elements of Q8_0 / Q4_0 blocks (stride nb0) to F32 as gguf does: d·q and
  * (nibble − 8)·d, one F32 product each. */
@@ -913,14 +876,7 @@ static int ops_rows_impl(PyObject *const *args, ops_ref *r) {
     return 1;
 }
 
-PyObject *mlplug_ops_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (ops_args(nargs, 3, "ops_rows") < 0) return NULL;
-    ops_ref r[3];
-    const int rc = ops_rows_impl(args, r);
-    ops_release(r, 3);
-    return ops_result(rc);
-}
+OPS_ENTRY(rows, ops_rows_impl, 3, 3)
 
 PyObject *mlplug_ops_isa(PyObject *self, PyObject *args) {
     (void)self;
