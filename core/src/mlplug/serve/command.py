@@ -163,7 +163,6 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(2048)  # uvicorn's default backlog
-        sock.set_inheritable(True)
     except OSError:
         sock.close()
         raise

@@ -104,22 +104,7 @@ static inline float att_half_generic(uint16_t h) { return half_to_float(h); }
 #define V_HMAX(x) (x)
 #define V_EXP(x) expf(x)
 #define V_HSUM4(a, b, c, d, out) ((out)[0] = (a), (out)[1] = (b), (out)[2] = (c), (out)[3] = (d))
-#include "_attention_kernel.h"
-#undef SFX
-#undef VW
-#undef vf
-#undef V_LOAD
-#undef V_STORE
-#undef V_SET1
-#undef V_ZERO
-#undef V_FMA
-#undef V_ADD
-#undef V_SUB
-#undef V_MAX
-#undef V_HSUM
-#undef V_HMAX
-#undef V_EXP
-#undef V_HSUM4
+#include "_attention_kernel.h" /* it undefines the parameters above */
 
 #ifdef ATT_X86
 /* ---- AVX2 + FMA + F16C: 8 floats ----------------------------------------------------------- */
@@ -188,23 +173,7 @@ static inline void att_hsum4_avx2(__m256 a, __m256 b, __m256 c, __m256 d, float 
 #define V_HMAX(x) att_hmax_avx2(x)
 #define V_EXP(x) att_exp_avx2(x)
 #define V_HSUM4(a, b, c, d, out) att_hsum4_avx2(a, b, c, d, out)
-#include "_attention_kernel.h"
-#undef SFX
-#undef VW
-#undef vf
-#undef V_LOAD
-#undef V_LOAD_F16
-#undef V_STORE
-#undef V_SET1
-#undef V_ZERO
-#undef V_FMA
-#undef V_ADD
-#undef V_SUB
-#undef V_MAX
-#undef V_HSUM
-#undef V_HMAX
-#undef V_EXP
-#undef V_HSUM4
+#include "_attention_kernel.h" /* it undefines the parameters above */
 #pragma GCC pop_options
 
 /* ---- AVX-512 (F, BW, DQ, VL) + FMA + F16C: 16 floats ---------------------------------------- */
@@ -259,23 +228,7 @@ static inline void att_hsum4_avx512(__m512 a, __m512 b, __m512 c, __m512 d, floa
 #define V_HMAX(x) _mm512_reduce_max_ps(x)
 #define V_EXP(x) att_exp_avx512(x)
 #define V_HSUM4(a, b, c, d, out) att_hsum4_avx512(a, b, c, d, out)
-#include "_attention_kernel.h"
-#undef SFX
-#undef VW
-#undef vf
-#undef V_LOAD
-#undef V_LOAD_F16
-#undef V_STORE
-#undef V_SET1
-#undef V_ZERO
-#undef V_FMA
-#undef V_ADD
-#undef V_SUB
-#undef V_MAX
-#undef V_HSUM
-#undef V_HMAX
-#undef V_EXP
-#undef V_HSUM4
+#include "_attention_kernel.h" /* it undefines the parameters above */
 #pragma GCC pop_options
 #endif /* ATT_X86 */
 

@@ -313,3 +313,22 @@ static void SFX(att_item)(const att_problem *pb, int64_t item, float *scratch) {
             }
         }
 }
+
+/* The including file's parameters (#undef of one it did not define is a no-op), so that the
+ * next instruction set can define its own. */
+#undef SFX
+#undef VW
+#undef vf
+#undef V_LOAD
+#undef V_STORE
+#undef V_SET1
+#undef V_ZERO
+#undef V_FMA
+#undef V_ADD
+#undef V_SUB
+#undef V_MAX
+#undef V_HSUM
+#undef V_HMAX
+#undef V_EXP
+#undef V_HSUM4
+#undef V_LOAD_F16
